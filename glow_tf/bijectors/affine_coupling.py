@@ -1,0 +1,108 @@
+"""AffineCoupling: Glow's affine coupling layer on the channels of an image."""
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
+
+__all__ = ['AffineCoupling', 'split_channels']
+
+
+def split_channels(x: tf.Tensor):
+  """`x[..., :C//2], x[..., C//2:]`: the kept half and the transformed half."""
+  kept = x.shape[-1] // 2
+  return x[..., :kept], x[..., kept:]
+
+
+class AffineCoupling(FlowBijector):
+  """Affine coupling (Glow, section 3.3) on images `[..., H, W, C]`.
+
+  With `x = [x1, x2]` split along channels (`x1`: the first `C//2`):
+
+  ```none
+  (shift, log_scale) = f(x1)               f: `network`, then the head below
+  forward:  y1 = x1,  y2 = (x2 + shift) * exp(log_scale)
+  inverse:  x1 = y1,  x2 = y2 * exp(-log_scale) - shift
+  log|det J_forward| = sum(log_scale)      over H, W and the C - C//2 channels
+  ```
+
+  The head is the official code's: `network(x1)` gives `2 * (C - C//2)` channels
+  `h = [h_shift, h_scale]`, `shift = h_shift` and `scale = sigmoid(h_scale + 2)`,
+  so `log_scale = log_sigmoid(h_scale + 2)`. `nn.CouplingNetwork` ends in a
+  zero-initialised convolution, so at initialisation `shift = 0` and
+  `scale = sigmoid(2) ~= 0.881`: the official starting point, a fixed contraction
+  of `x2` rather than exactly the identity (`AdditiveCoupling` starts as the
+  identity).
+
+  Subclasses may replace `_shift_and_log_scale` (see `SplitPrior`).
+
+  #### References
+
+  [1]: Diederik P. Kingma, Prafulla Dhariwal. Glow: Generative Flow with
+       Invertible 1x1 Convolutions. NeurIPS 2018. https://arxiv.org/abs/1807.03039
+  [2]: Laurent Dinh, Jascha Sohl-Dickstein, Samy Bengio. Density estimation
+       using Real NVP. ICLR 2017. https://arxiv.org/abs/1605.08803
+  """
+
+  def __init__(
+    self,
+    network: Callable[[tf.Tensor], tf.Tensor],
+    num_channels: int,
+    dtype=tf.float32,
+    validate_args: bool = False,
+    name: str = 'affine_coupling',
+  ):
+    """Builds the layer.
+
+    Args:
+      network: maps `x1` `[..., H, W, C//2]` to `[..., H, W, 2 * (C - C//2)]`; a
+        `tf.Module` (its variables are then tracked), e.g. `nn.CouplingNetwork`.
+      num_channels: C, at least 2.
+      dtype: float dtype of inputs.
+      validate_args: TFP's flag; shapes are always checked statically.
+      name: name of the bijector.
+    """
+    parameters = dict(locals())
+    if num_channels < 2:
+      raise ValueError(
+        f'{type(self).__name__} needs num_channels >= 2 to split; got {num_channels!r}.'
+      )
+    self._num_channels = num_channels
+    self._network = network
+    super().__init__(
+      forward_min_event_ndims=3,
+      validate_args=validate_args,
+      dtype=dtype,
+      parameters=parameters,
+      name=name,
+    )
+
+  @property
+  def network(self):
+    return self._network
+
+  @property
+  def num_channels(self) -> int:
+    return self._num_channels
+
+  def _shift_and_log_scale(self, x1):
+    h_shift, h_scale = tf.split(self._network(x1), 2, axis=-1)
+    return h_shift, tf.math.log_sigmoid(h_scale + 2.0)
+
+  def _forward_and_log_det(self, x):
+    x1, x2 = split_channels(x)
+    shift, log_scale = self._shift_and_log_scale(x1)
+    y2 = (x2 + shift) * tf.exp(log_scale)
+    return tf.concat([x1, y2], axis=-1), tf.reduce_sum(log_scale, axis=[-3, -2, -1])
+
+  def _inverse_and_log_det(self, y):
+    y1, y2 = split_channels(y)
+    shift, log_scale = self._shift_and_log_scale(y1)
+    x2 = y2 * tf.exp(-log_scale) - shift
+    return tf.concat([y1, x2], axis=-1), -tf.reduce_sum(log_scale, axis=[-3, -2, -1])
+
+  def _forward_event_shape(self, input_shape):
+    return check_image_shape(self, input_shape, channels=self._num_channels)
+
+  _inverse_event_shape = _forward_event_shape

@@ -1,0 +1,140 @@
+"""FlowBijector: the base of glow_tf's bijectors; each direction computes value and log-det once."""
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import cache_util
+
+tfb = tfp.bijectors
+
+__all__ = ['FlowBijector', 'check_flat_shape', 'check_image_shape']
+
+
+class FlowBijector(tfb.Bijector):
+  """A `tfb.Bijector` written as `_forward_and_log_det` and `_inverse_and_log_det`.
+
+  TFP asks a bijector for `_forward`, `_inverse` and a log-det separately. A
+  coupling layer that implements them separately runs its network twice for
+  every `log_prob`. Subclasses of `FlowBijector` write each direction once:
+
+      _forward_and_log_det(x) -> (y, log|det dy/dx|)
+      _inverse_and_log_det(y) -> (x, log|det dx/dy|)
+
+  and the bijector cache (TFP's `BijectorCacheWithGreedyAttrs`, as in
+  `tfb.FFJORD`) stores the log-det beside the value, so `inverse` followed by
+  `inverse_log_det_jacobian` on the same tensor computes the layer once. The
+  log-det is reduced over the `forward_min_event_ndims` rightmost dims: one value
+  per event, or a scalar when it does not depend on the input.
+
+  Inputs are checked against the event-shape methods (`_forward_event_shape`,
+  `_inverse_event_shape`) before any computation, so a tensor of the wrong rank,
+  size or channel count fails with an error that names both shapes.
+
+  Every instance owns variables, so two instances are never the same function:
+  unlike TFP's parameter-based default, equality and the cache key use identity.
+  """
+
+  _cache = cache_util.BijectorCacheWithGreedyAttrs(
+    forward_name='_forward_with_ildj', inverse_name='_inverse_with_ildj'
+  )
+
+  def _forward_and_log_det(self, x, **kwargs):
+    raise NotImplementedError(f'{type(self).__name__} must implement _forward_and_log_det.')
+
+  def _inverse_and_log_det(self, y, **kwargs):
+    raise NotImplementedError(f'{type(self).__name__} must implement _inverse_and_log_det.')
+
+  # The cache calls these two: one computation yields the value and its log-det.
+  def _forward_with_ildj(self, x, **kwargs):
+    self._check_event(x, self.forward_min_event_ndims, self.forward_event_shape, 'forward')
+    y, fldj = self._forward_and_log_det(x, **kwargs)
+    return y, {'ildj': -fldj}
+
+  def _inverse_with_ildj(self, y, **kwargs):
+    self._check_event(y, self.inverse_min_event_ndims, self.inverse_event_shape, 'inverse')
+    x, ildj = self._inverse_and_log_det(y, **kwargs)
+    return x, {'ildj': ildj}
+
+  def _forward(self, x, **kwargs):
+    return self.forward(x, **kwargs)
+
+  def _inverse(self, y, **kwargs):
+    return self.inverse(y, **kwargs)
+
+  def _forward_log_det_jacobian(self, x, **kwargs):
+    y = self.forward(x, **kwargs)  # Fills the cache, log-det included; keep `y` alive.
+    fldj = -self._cache.forward_attributes(x, **kwargs)['ildj']
+    del y
+    return fldj
+
+  def _inverse_log_det_jacobian(self, y, **kwargs):
+    x = self.inverse(y, **kwargs)  # Fills the cache, log-det included; keep `x` alive.
+    ildj = self._cache.inverse_attributes(y, **kwargs)['ildj']
+    del x
+    return ildj
+
+  def _get_parameterization(self):
+    return id(self)
+
+  def _check_event(self, x, event_ndims, event_shape_fn, direction):
+    """Raises ValueError when `x` cannot be an input of `direction`."""
+    if x.shape.rank is None:
+      return
+    if x.shape.rank < event_ndims:
+      raise ValueError(
+        f'{type(self).__name__} ({self.name!r}) {direction} expects a tensor of rank >= '
+        f'{event_ndims} (batch dims, then the event); got shape {x.shape}.'
+      )
+    event_shape_fn(x.shape[x.shape.rank - event_ndims :])
+
+
+def check_image_shape(
+  bijector: tfb.Bijector,
+  shape: tf.TensorShape,
+  channels: int | None = None,
+  spatial: Sequence[int] | None = None,
+  spatial_multiple: int = 1,
+) -> tf.TensorShape:
+  """Checks an event shape `[H, W, C]`; returns it, or raises a ValueError naming both shapes.
+
+  Args:
+    bijector: the bijector that receives the shape (named in the error).
+    shape: the received event shape.
+    channels: expected C, or None for any.
+    spatial: expected (H, W), or None for any.
+    spatial_multiple: H and W must be multiples of this.
+  """
+  shape = tf.TensorShape(shape)
+  if shape.rank is None:
+    return shape
+  expected = '[..., {}, {}, {}]'.format(
+    *(spatial or ('H', 'W')), channels if channels is not None else 'C'
+  )
+  if spatial_multiple > 1 and spatial is None:
+    expected += f' with H and W multiples of {spatial_multiple}'
+  problem = shape.rank != 3
+  if not problem:
+    h, w, c = shape.as_list()
+    problem = (
+      (channels is not None and c is not None and c != channels)
+      or (spatial is not None and any(d is not None and d != e for d, e in zip((h, w), spatial)))
+      or any(d is not None and d % spatial_multiple for d in (h, w))
+    )
+  if problem:
+    raise ValueError(
+      f'{type(bijector).__name__} ({bijector.name!r}) expects images of shape {expected}; '
+      f'got event shape {shape.as_list()}.'
+    )
+  return shape
+
+
+def check_flat_shape(bijector: tfb.Bijector, shape: tf.TensorShape, size: int) -> tf.TensorShape:
+  """Checks a flat event shape `[size]`; returns it, or raises a ValueError naming both shapes."""
+  shape = tf.TensorShape(shape)
+  if shape.rank is not None and shape.as_list() not in ([size], [None]):
+    raise ValueError(
+      f'{type(bijector).__name__} ({bijector.name!r}) expects flat latents of '
+      f'shape [..., {size}]; got event shape {shape.as_list()}.'
+    )
+  return shape

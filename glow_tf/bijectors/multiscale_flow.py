@@ -1,0 +1,180 @@
+"""MultiScaleFlow: Glow's multi-scale architecture, image -> one flat latent."""
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import prefer_static as ps
+
+from glow_tf.bijectors.affine_coupling import split_channels
+from glow_tf.bijectors.flow_bijector import FlowBijector, check_flat_shape, check_image_shape
+
+tfb = tfp.bijectors
+
+__all__ = ['MultiScaleFlow']
+
+
+def _forward(bijector, x, log_det):
+  return bijector.forward(x), log_det + bijector.forward_log_det_jacobian(x, event_ndims=3)
+
+
+def _inverse(bijector, y, log_det):
+  return bijector.inverse(y), log_det + bijector.inverse_log_det_jacobian(y, event_ndims=3)
+
+
+class MultiScaleFlow(FlowBijector):
+  """Glow's multi-scale architecture (Glow, figure 2b; RealNVP, section 3.6).
+
+  ```none
+  forward (image x -> flat latent):
+    h = x
+    for l in 0 .. L-1:
+      h = levels[l](h)                       # squeeze, then K flow steps
+      if l < L-1:
+        h = split_priors[l](h)               # standardise the second half under its prior
+        h, eps_l = h[..., :c/2], h[..., c/2:]
+    y = concat(flatten(eps_0), ..., flatten(eps_{L-2}), flatten(h))
+  inverse: the same in reverse order, through each part's inverse
+  log|det J_forward| = sum of the parts' log-dets
+  ```
+
+  Every part is a bijector called through its public, cached methods, so each
+  network runs once per pass. The event is `[H, W, C]` forward and
+  `[D] = [H * W * C]` inverse; `latent_shapes` lists each level's piece of it.
+  """
+
+  def __init__(
+    self,
+    levels: Sequence[tfb.Bijector],
+    split_priors: Sequence[tfb.Bijector],
+    image_shape: Sequence[int],
+    dtype=tf.float32,
+    validate_args: bool = False,
+    name: str = 'multiscale_flow',
+  ):
+    """Builds the composite.
+
+    Args:
+      levels: L bijectors on images; level l maps the kept channels of level l-1
+        (the image for l = 0) to the input of `split_priors[l]`.
+      split_priors: L - 1 same-shape bijectors; each standardises the second half
+        of its input's channels (e.g. `SplitPrior`).
+      image_shape: `(H, W, C)`.
+      dtype: float dtype.
+      validate_args: TFP's flag.
+      name: name of the bijector.
+    """
+    parameters = dict(locals())
+    if len(levels) < 1 or len(split_priors) != len(levels) - 1:
+      raise ValueError(
+        f'MultiScaleFlow needs L >= 1 levels and L - 1 split priors; got '
+        f'{len(levels)} levels and {len(split_priors)} split priors.'
+      )
+    self._levels = list(levels)
+    self._split_priors = list(split_priors)
+    self._image_shape = tuple(int(d) for d in image_shape)
+    self._latent_shapes = []
+    shape = tf.TensorShape(self._image_shape)
+    for level, prior in self._stages():
+      shape = level.forward_event_shape(shape)
+      if prior is not None:
+        height, width, channels = prior.forward_event_shape(shape).as_list()
+        self._latent_shapes.append((height, width, channels - channels // 2))
+        shape = tf.TensorShape([height, width, channels // 2])
+    self._latent_shapes.append(tuple(shape.as_list()))
+    self._latent_sizes = [int(np.prod(s)) for s in self._latent_shapes]
+    super().__init__(
+      forward_min_event_ndims=3,
+      inverse_min_event_ndims=1,
+      validate_args=validate_args,
+      dtype=dtype,
+      parameters=parameters,
+      name=name,
+    )
+
+  @property
+  def levels(self) -> list[tfb.Bijector]:
+    return self._levels
+
+  @property
+  def split_priors(self) -> list[tfb.Bijector]:
+    return self._split_priors
+
+  @property
+  def image_shape(self):
+    return self._image_shape
+
+  @property
+  def latent_shapes(self):
+    """Shapes `(h, w, c)` of each level's latent: the factored-out levels, then the top."""
+    return list(self._latent_shapes)
+
+  @property
+  def latent_size(self) -> int:
+    return sum(self._latent_sizes)
+
+  def _stages(self):
+    return list(itertools.zip_longest(self._levels, self._split_priors))
+
+  def split_latents(self, y: tf.Tensor) -> list[tf.Tensor]:
+    """Flat latents `[..., D]` -> list of `[..., h, w, c]`, one per level."""
+    batch_shape = ps.shape(y)[:-1]
+    pieces = tf.split(y, self._latent_sizes, axis=-1)
+    return [
+      tf.reshape(p, ps.concat([batch_shape, s], axis=0))
+      for p, s in zip(pieces, self._latent_shapes)
+    ]
+
+  def merge_latents(self, latents: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The inverse of `split_latents`."""
+    if len(latents) != len(self._latent_shapes):
+      raise ValueError(
+        f'MultiScaleFlow ({self.name!r}) expects {len(self._latent_shapes)} '
+        f'latents of shapes {self._latent_shapes}; got {len(latents)}.'
+      )
+    flat = []
+    for z, shape, size in zip(latents, self._latent_shapes, self._latent_sizes):
+      z = tf.convert_to_tensor(z, self.dtype)
+      check_image_shape(
+        self, z.shape[-3:] if z.shape.rank else z.shape, spatial=shape[:2], channels=shape[2]
+      )
+      flat.append(tf.reshape(z, ps.concat([ps.shape(z)[:-3], [size]], axis=0)))
+    return tf.concat(flat, axis=-1)
+
+  def _forward_and_log_det(self, x):
+    h, log_det = x, tf.zeros([], x.dtype)
+    latents = []
+    for level, prior in self._stages():
+      h, log_det = _forward(level, h, log_det)
+      if prior is not None:
+        h, log_det = _forward(prior, h, log_det)
+        h, eps = split_channels(h)
+        latents.append(eps)
+    return self.merge_latents(latents + [h]), log_det
+
+  def _inverse_and_log_det(self, y):
+    *factored, h = self.split_latents(y)
+    log_det = tf.zeros([], y.dtype)
+    for (level, prior), eps in reversed(list(zip(self._stages(), factored + [None]))):
+      if prior is not None:
+        h, log_det = _inverse(prior, tf.concat([h, eps], axis=-1), log_det)
+      h, log_det = _inverse(level, h, log_det)
+    return h, log_det
+
+  def _forward_event_shape(self, input_shape):
+    check_image_shape(
+      self, input_shape, spatial=self._image_shape[:2], channels=self._image_shape[2]
+    )
+    return tf.TensorShape([self.latent_size])
+
+  def _inverse_event_shape(self, output_shape):
+    check_flat_shape(self, output_shape, self.latent_size)
+    return tf.TensorShape(self._image_shape)
+
+  def _forward_event_shape_tensor(self, input_shape):
+    return tf.constant([self.latent_size], tf.int32)
+
+  def _inverse_event_shape_tensor(self, output_shape):
+    return tf.constant(self._image_shape, tf.int32)
