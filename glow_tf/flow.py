@@ -1,0 +1,296 @@
+"""The Glow model: `GlowConfig`, `build_glow`, ActNorm initialisation, encode/decode, bits/dim."""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from glow_tf import bijectors as gb
+from glow_tf import nn
+
+tfb = tfp.bijectors
+tfd = tfp.distributions
+
+__all__ = [
+  'COUPLINGS',
+  'PERMUTATIONS',
+  'GlowConfig',
+  'bits_per_dim',
+  'build_classifier',
+  'build_glow',
+  'conditional_kwargs',
+  'decode',
+  'encode',
+  'initialize',
+  'multiscale_flow',
+  'sample',
+  'top_latent',
+  'with_temperature',
+]
+
+COUPLINGS = ('affine', 'additive')
+PERMUTATIONS = ('conv1x1', 'conv1x1_plain', 'shuffle', 'reverse')
+DTYPES = ('float32', 'float64')
+TOP_PRIOR_NAME = 'top_prior'
+
+
+@dataclasses.dataclass(frozen=True)
+class GlowConfig:
+  """Architecture of a Glow flow.
+
+  Attributes:
+    image_shape: `(H, W, C)`; H and W must be multiples of `2**levels`.
+    levels: L, the number of scales (each ends with a squeeze, all but the last
+      with a split).
+    depth: K, flow steps per level (ActNorm -> permutation -> coupling).
+    width: channels of the coupling networks' hidden layers.
+    coupling: 'affine' or 'additive'.
+    permutation: 'conv1x1' (LU-parameterised), 'conv1x1_plain' (dense W),
+      'shuffle' or 'reverse' (the paper's fixed permutations).
+    learn_top: learn the mean and log-scale of the top latent's prior.
+    num_classes: if set, the top prior is class-conditional (TFP conditional
+      kwargs `{'top_prior': {'label': y}}`).
+    dtype: 'float32' or 'float64'.
+    seed: seeds the random rotations, shuffles and network weights.
+  """
+
+  image_shape: tuple[int, int, int] = (32, 32, 3)
+  levels: int = 3
+  depth: int = 32
+  width: int = 512
+  coupling: str = 'affine'
+  permutation: str = 'conv1x1'
+  learn_top: bool = True
+  num_classes: int | None = None
+  dtype: str = 'float32'
+  seed: int = 0
+
+  def __post_init__(self):
+    object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
+    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+      raise ValueError(f'image_shape must be (H, W, C) of positive ints; got {self.image_shape!r}.')
+    for name in ('levels', 'depth', 'width'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name} must be >= 1; got {getattr(self, name)!r}.')
+    multiple = 2**self.levels
+    if self.image_shape[0] % multiple or self.image_shape[1] % multiple:
+      raise ValueError(
+        f'image height and width must be multiples of 2**levels = {multiple} '
+        f'(levels={self.levels}); got image_shape={self.image_shape!r}.'
+      )
+    for name, choices in (
+      ('coupling', COUPLINGS),
+      ('permutation', PERMUTATIONS),
+      ('dtype', DTYPES),
+    ):
+      if getattr(self, name) not in choices:
+        raise ValueError(f'{name} must be one of {choices}; got {getattr(self, name)!r}.')
+    if self.num_classes is not None and self.num_classes < 2:
+      raise ValueError(f'num_classes must be >= 2 or None; got {self.num_classes!r}.')
+
+  @property
+  def num_dims(self) -> int:
+    """D = H * W * C."""
+    return int(np.prod(self.image_shape))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'GlowConfig':
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(
+        f'Unknown GlowConfig fields {sorted(unknown)}; expected some of '
+        f'{[f.name for f in dataclasses.fields(cls)]}.'
+      )
+    return cls(**values)
+
+
+def _permutation(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
+  if config.permutation == 'conv1x1':
+    return gb.InvertibleConv1x1(channels, seed=seed, dtype=dtype)
+  if config.permutation == 'conv1x1_plain':
+    return gb.PlainConv1x1(channels, seed=seed, dtype=dtype)
+  if config.permutation == 'shuffle':
+    return gb.ChannelPermutation.shuffle(channels, seed=list(seed), dtype=dtype, name='shuffle')
+  return gb.ChannelPermutation.reverse(channels, dtype=dtype, name='reverse')
+
+
+def _coupling(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
+  kept = channels // 2
+  if config.coupling == 'affine':
+    network = nn.CouplingNetwork(kept, 2 * (channels - kept), config.width, seed=seed, dtype=dtype)
+    return gb.AffineCoupling(network, channels, dtype=dtype, name='coupling')
+  network = nn.CouplingNetwork(kept, channels - kept, config.width, seed=seed, dtype=dtype)
+  return gb.AdditiveCoupling(network, channels, dtype=dtype, name='coupling')
+
+
+def _flow_step(config: GlowConfig, channels: int, index: int, dtype) -> tfb.Bijector:
+  """ActNorm -> permutation -> coupling (applied right to left by `tfb.Chain`)."""
+  with tf.name_scope(f'step_{index}'):
+    actnorm = gb.ActNorm(channels, dtype=dtype)
+    permutation = _permutation(config, channels, (config.seed, 2 * index), dtype)
+    coupling = _coupling(config, channels, (config.seed, 2 * index + 1), dtype)
+  return tfb.Chain([coupling, permutation, actnorm], name=f'step_{index}')
+
+
+def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistribution:
+  """Builds Glow as a `tfd.TransformedDistribution` over a standard normal.
+
+  Its bijector maps latent -> image (TFP's direction): it is
+  `tfb.Invert(tfb.Chain([TopPrior, MultiScaleFlow]))`, where the glow_tf layers
+  inside map image -> latent as in the paper. The latent is flat, `[D]`, the
+  concatenation of every level's latent (see `encode`).
+
+  Before training, initialise ActNorm once on a batch: `initialize(flow, x)`.
+
+  Args:
+    config: the architecture.
+    name: name of the distribution and scope of its variables.
+
+  Returns:
+    The flow: `log_prob(x)` of images `[..., H, W, C]`, `sample(n, seed=...)`, and
+    every other TFP distribution method; class-conditional flows take
+    `bijector_kwargs=conditional_kwargs(label)`.
+  """
+  dtype = tf.as_dtype(config.dtype)
+  height, width, channels = config.image_shape
+  levels, split_priors = [], []
+  step_index = 0
+  with tf.name_scope(name):
+    for level in range(config.levels):
+      with tf.name_scope(f'level_{level}'):
+        squeeze = gb.Squeeze(dtype=dtype)
+        height, width, channels = height // 2, width // 2, 4 * channels
+        steps = []
+        for _ in range(config.depth):
+          steps.append(_flow_step(config, channels, step_index, dtype))
+          step_index += 1
+        levels.append(tfb.Chain(steps[::-1] + [squeeze], name=f'level_{level}'))
+        if level < config.levels - 1:
+          split_priors.append(gb.SplitPrior(channels, dtype=dtype))
+          channels //= 2
+    encoder = gb.MultiScaleFlow(levels, split_priors, config.image_shape, dtype=dtype)
+    if config.learn_top or config.num_classes is not None:
+      top_prior = gb.TopPrior(
+        encoder.latent_size,
+        encoder.latent_shapes[-1],
+        learn_top=config.learn_top,
+        num_classes=config.num_classes,
+        dtype=dtype,
+        name=TOP_PRIOR_NAME,
+      )
+      encoder = tfb.Chain([top_prior, encoder], name='encoder')
+  base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)), config.num_dims)
+  return tfd.TransformedDistribution(base, tfb.Invert(encoder), name=name)
+
+
+def build_classifier(config: GlowConfig) -> nn.ClassifierHead:
+  """The classifier head on the top latent of a class-conditional flow."""
+  if config.num_classes is None:
+    raise ValueError('build_classifier needs a class-conditional config; got num_classes=None.')
+  top_channels = config.image_shape[2] * 2 ** (config.levels + 1)
+  return nn.ClassifierHead(top_channels, config.num_classes, dtype=tf.as_dtype(config.dtype))
+
+
+def multiscale_flow(flow: tfd.Distribution) -> gb.MultiScaleFlow:
+  """The `MultiScaleFlow` inside a flow built by `build_glow`."""
+  found = [m for m in flow.submodules if isinstance(m, gb.MultiScaleFlow)]
+  if len(found) != 1:
+    raise ValueError(
+      f'Expected a flow built by glow_tf.build_glow (one MultiScaleFlow); '
+      f'got {type(flow).__name__} {flow.name!r} with {len(found)}.'
+    )
+  return found[0]
+
+
+def conditional_kwargs(label=None) -> dict[str, Any]:
+  """Bijector kwargs that pass `label` to the top prior; `{}` when `label` is None."""
+  return {} if label is None else {TOP_PRIOR_NAME: {'label': label}}
+
+
+def initialize(flow: tfd.Distribution, images) -> int:
+  """Data-dependent initialisation of every ActNorm in `flow`, once, eagerly.
+
+  Runs `images` (a batch `[N, H, W, C]`, already preprocessed) through the flow
+  with each ActNorm setting its scale and shift so that its output has
+  per-channel mean 0 and std 1. ActNorms already initialised (for example
+  restored from a checkpoint) are left alone.
+
+  Under `tf.distribute`, call it in cross-replica context with the global batch:
+  each replica's variables get the same values.
+
+  Returns:
+    How many ActNorm layers were initialised.
+  """
+  layers = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
+  pending = [layer for layer in layers if not bool(layer.initialized)]
+  if pending:
+    with nn.data_dependent_init():
+      # tf.identity: a new tensor, so no cached result from an earlier call is reused.
+      multiscale_flow(flow).forward(tf.identity(tf.convert_to_tensor(images, flow.dtype)))
+  return len(pending)
+
+
+def with_temperature(
+  flow: tfd.TransformedDistribution, temperature: float
+) -> tfd.TransformedDistribution:
+  """The same flow with base standard deviation `temperature` (it applies at every level)."""
+  base = tfd.Sample(
+    tfd.Normal(tf.zeros([], flow.dtype), tf.cast(temperature, flow.dtype)),
+    multiscale_flow(flow).latent_size,
+  )
+  return tfd.TransformedDistribution(base, flow.bijector, name=flow.name)
+
+
+def sample(
+  flow: tfd.TransformedDistribution, num_samples, temperature: float = 1.0, seed=None, label=None
+) -> tf.Tensor:
+  """`num_samples` images at `temperature`; `seed` as in TFP (int or stateless pair)."""
+  return with_temperature(flow, temperature).sample(
+    num_samples, seed=seed, bijector_kwargs=conditional_kwargs(label)
+  )
+
+
+def encode(flow: tfd.TransformedDistribution, images, label=None) -> list[tf.Tensor]:
+  """Images `[..., H, W, C]` -> every level's latent `[..., h, w, c]`, the top one last.
+
+  Each latent is the standard-normal noise of its level (the factored-out half
+  standardised under its learned prior; the top standardised under the top
+  prior), so under the model all are N(0, I).
+  """
+  return multiscale_flow(flow).split_latents(
+    flow.bijector.inverse(images, **conditional_kwargs(label))
+  )
+
+
+def decode(
+  flow: tfd.TransformedDistribution, latents: Sequence[tf.Tensor], label=None
+) -> tf.Tensor:
+  """The inverse of `encode`: every level's latent -> images."""
+  return flow.bijector.forward(
+    multiscale_flow(flow).merge_latents(latents), **conditional_kwargs(label)
+  )
+
+
+def top_latent(flow: tfd.TransformedDistribution, images) -> tf.Tensor:
+  """The top latent before its prior, `[..., h, w, c]`: the classifier head's input."""
+  return multiscale_flow(flow).split_latents(multiscale_flow(flow).forward(images))[-1]
+
+
+def bits_per_dim(log_prob, num_dims: int, num_bins: int):
+  """Bits per dimension of discrete data from the density of its dequantised version.
+
+  For images with `num_bins` levels per value scaled to spacing `1/num_bins` and
+  dequantised with uniform noise (the paper's setup), `log_prob` is the
+  continuous log-density of `x` (nats); the discrete data's negative
+  log-likelihood is bounded by `-log_prob + D log(num_bins)`, so
+
+      bpd = (-log_prob + D * log(num_bins)) / (D * log(2)).
+  """
+  return (-log_prob + num_dims * math.log(num_bins)) / (num_dims * math.log(2.0))
