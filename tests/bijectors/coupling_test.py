@@ -1,0 +1,122 @@
+"""Tests of glow_tf.bijectors.AffineCoupling, AdditiveCoupling and SplitPrior."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from glow_tf import nn
+from glow_tf.bijectors import AdditiveCoupling, AffineCoupling, SplitPrior
+from tests import checks
+
+
+def affine(channels=4, width=8, dtype=tf.float32):
+  kept = channels // 2
+  network = nn.CouplingNetwork(kept, 2 * (channels - kept), width, seed=(1, 2), dtype=dtype)
+  return AffineCoupling(network, channels, dtype=dtype)
+
+
+def additive(channels=4, width=8, dtype=tf.float32):
+  kept = channels // 2
+  network = nn.CouplingNetwork(kept, channels - kept, width, seed=(1, 2), dtype=dtype)
+  return AdditiveCoupling(network, channels, dtype=dtype)
+
+
+class TestAffineCoupling(checks.BijectorContract):
+  event_shape = (4, 4, 4)
+
+  def make(self, dtype):
+    return affine(dtype=dtype)
+
+
+class TestAffineCouplingOddChannels(checks.BijectorContract):
+  event_shape = (2, 2, 5)
+
+  def make(self, dtype):
+    return affine(channels=5, dtype=dtype)
+
+
+class TestAdditiveCoupling(checks.BijectorContract):
+  event_shape = (4, 4, 4)
+
+  def make(self, dtype):
+    return additive(dtype=dtype)
+
+
+class TestSplitPrior(checks.BijectorContract):
+  event_shape = (4, 4, 4)
+
+  def make(self, dtype):
+    return SplitPrior(4, dtype=dtype)
+
+
+def test_affine_at_init_is_the_official_sigmoid_2_scaling():
+  coupling = affine()
+  x = tf.random.normal([2, 4, 4, 4])
+  y = coupling.forward(x)
+  scale = 1.0 / (1.0 + np.exp(-2.0))
+  np.testing.assert_array_equal(y[..., :2], x[..., :2])
+  np.testing.assert_allclose(y[..., 2:], scale * x[..., 2:], rtol=1e-6)
+  np.testing.assert_allclose(
+    coupling.forward_log_det_jacobian(x, event_ndims=3), 4 * 4 * 2 * np.log(scale), rtol=1e-5
+  )
+
+
+def test_affine_matches_hand_computed_formula():
+  coupling = affine()
+  checks.perturb(coupling, 0.3)
+  x = tf.random.normal([2, 4, 4, 4], seed=5)
+  h = coupling.network(x[..., :2]).numpy()
+  shift, scale = h[..., :2], 1.0 / (1.0 + np.exp(-(h[..., 2:] + 2.0)))
+  y = coupling.forward(x)
+  np.testing.assert_allclose(y[..., 2:], (x[..., 2:] + shift) * scale, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    coupling.forward_log_det_jacobian(x, event_ndims=3),
+    np.log(scale).sum(axis=(1, 2, 3)),
+    rtol=1e-5,
+  )
+
+
+def test_additive_starts_as_identity_with_constant_jacobian():
+  coupling = additive()
+  x = tf.random.normal([2, 4, 4, 4])
+  np.testing.assert_array_equal(coupling.forward(x), x)
+  assert coupling.is_constant_jacobian
+  assert float(coupling.forward_log_det_jacobian(x, event_ndims=3)) == 0.0
+
+
+def test_split_prior_standardises_under_its_gaussian():
+  prior = SplitPrior(4)
+  x = tf.random.normal([2, 4, 4, 4])
+  np.testing.assert_array_equal(prior.forward(x), x)  # N(0, 1) at init.
+  checks.perturb(prior, 0.2)
+  x = tf.identity(x)
+  mean, log_sigma = np.split(prior.network(x[..., :2]).numpy(), 2, axis=-1)
+  np.testing.assert_allclose(
+    prior.forward(x)[..., 2:], (x[..., 2:] - mean) / np.exp(log_sigma), rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    prior.forward_log_det_jacobian(x, event_ndims=3), -log_sigma.sum(axis=(1, 2, 3)), rtol=1e-5
+  )
+
+
+def test_network_runs_once_per_log_prob_direction():
+  coupling = affine()
+
+  @tf.function
+  def inverse_and_ildj(y):
+    return coupling.inverse(y), coupling.inverse_log_det_jacobian(y, event_ndims=3)
+
+  graph = inverse_and_ildj.get_concrete_function(tf.TensorSpec([None, 4, 4, 4])).graph
+  assert sum(op.type == 'Conv2D' for op in graph.get_operations()) == 3
+
+
+def test_network_variables_are_tracked():
+  coupling = affine()
+  names = {v.name for v in coupling.trainable_variables}
+  assert len(names) == len(coupling.trainable_variables) == 9
+
+
+@pytest.mark.parametrize('make', [affine, additive])
+def test_too_few_channels_raises(make):
+  with pytest.raises(ValueError, match='num_channels >= 2.*got 1'):
+    make(channels=1)

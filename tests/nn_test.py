@@ -1,0 +1,42 @@
+"""Tests of glow_tf.nn."""
+
+import numpy as np
+import tensorflow as tf
+
+from glow_tf import nn
+
+
+def test_coupling_network_layers_and_zero_output_at_init():
+  network = nn.CouplingNetwork(in_channels=3, out_channels=6, width=16)
+  shapes = {v.name.split('/', 1)[-1]: v.shape.as_list() for v in network.trainable_variables}
+  assert shapes['conv_in/kernel:0'] == [3, 3, 3, 16]
+  assert shapes['conv_hidden/kernel:0'] == [1, 1, 16, 16]
+  assert shapes['conv_out/kernel:0'] == [3, 3, 16, 6]
+  assert shapes['actnorm_in/log_scale:0'] == shapes['actnorm_hidden/shift:0'] == [16]
+  out = network(tf.random.normal([2, 5, 5, 3]))
+  assert out.shape == [2, 5, 5, 6]
+  np.testing.assert_array_equal(out, 0.0)
+
+
+def test_zero_conv_output_scale_is_exp_3_logs():
+  conv = nn.ZeroConv2D(2, 3, kernel_size=1)
+  conv.bias.assign([1.0, 2.0, 3.0])
+  conv.logs.assign([0.0, 1.0, -1.0])
+  out = conv(tf.zeros([1, 2, 2, 2]))
+  np.testing.assert_allclose(out[0, 0, 0], [1.0, 2.0 * np.exp(3.0), 3.0 * np.exp(-3.0)], rtol=1e-6)
+
+
+def test_network_accepts_extra_batch_dims():
+  network = nn.CouplingNetwork(in_channels=2, out_channels=2, width=4)
+  for v in network.trainable_variables:
+    v.assign_add(0.1 * tf.ones_like(v))
+  x = tf.random.normal([2, 3, 4, 4, 2])
+  np.testing.assert_allclose(network(x)[1, 2], network(x[1, 2][tf.newaxis])[0], rtol=1e-5)
+
+
+def test_classifier_head_uses_spatial_mean():
+  head = nn.ClassifierHead(num_channels=4, num_classes=3)
+  head.kernel.assign(tf.reshape(tf.range(12, dtype=tf.float32), [4, 3]))
+  z = tf.random.normal([2, 2, 2, 4])
+  expected = tf.reduce_mean(z, [1, 2]) @ head.kernel
+  np.testing.assert_allclose(head(z), expected, rtol=1e-5)
