@@ -229,7 +229,7 @@ def initialize(flow: tfd.Distribution, images) -> int:
     How many ActNorm layers were initialised.
   """
   layers = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
-  pending = [layer for layer in layers if not bool(layer.initialized)]
+  pending = [layer for layer in layers if not layer.is_initialized()]
   if pending:
     with nn.data_dependent_init():
       # tf.identity: a new tensor, so no cached result from an earlier call is reused.

@@ -76,9 +76,13 @@ class ActNormLayer(tf.Module):
       self.initialized = tf.Variable(False, trainable=False, name='initialized')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    if getattr(_ddi, 'active', False) and not bool(self.initialized):
+    if getattr(_ddi, 'active', False) and not self.is_initialized():
       self.initialize(x)
     return x * tf.exp(self.log_scale) + self.shift
+
+  def is_initialized(self) -> bool:
+    """The flag's value, read eagerly (`bool()` of a distributed variable is always True)."""
+    return bool(self.initialized.read_value().numpy())
 
   def inverse(self, y: tf.Tensor) -> tf.Tensor:
     return (y - self.shift) * tf.exp(-self.log_scale)

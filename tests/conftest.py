@@ -1,5 +1,18 @@
-"""Test-session settings: quiet TF logs, and deterministic op seeds."""
+"""Test-session settings: quiet TF logs; two logical CPU devices for tf.distribute tests.
+
+The logical devices must exist before TensorFlow's runtime starts, so they are
+configured here, at import, before any test runs an op.
+"""
 
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # noqa: E402
+
+NUM_CPU_DEVICES = 2
+
+tf.config.set_logical_device_configuration(
+  tf.config.list_physical_devices('CPU')[0],
+  [tf.config.LogicalDeviceConfiguration()] * NUM_CPU_DEVICES,
+)

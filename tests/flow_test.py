@@ -326,3 +326,17 @@ def test_parts_are_glow_tf_bijectors_in_tfp_containers():
   assert [type(b) for b in step.bijectors] == [gb.AffineCoupling, gb.InvertibleConv1x1, gb.ActNorm]
   assert isinstance(multiscale.levels[0].bijectors[-1], gb.Squeeze)
   assert isinstance(step.bijectors[2]._layer, nn.ActNormLayer)
+
+
+def test_initialize_under_mirrored_strategy_gives_identical_replicas():
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  with strategy.scope():
+    flow = glow_tf.build_glow(glow_tf.GlowConfig(**TINY))
+    assert glow_tf.initialize(flow, images((16, 8, 8, 2))) == 12
+  actnorms = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
+  for layer in actnorms:
+    for variable in (layer.log_scale, layer.shift, layer.initialized):
+      first, second = strategy.experimental_local_results(variable)
+      np.testing.assert_array_equal(first, second)
+  assert all(layer.is_initialized() for layer in actnorms)
+  assert not np.allclose(actnorms[0].log_scale.numpy(), 0.0)
