@@ -11,8 +11,8 @@ __all__ = ['AffineCoupling', 'split_channels']
 
 def split_channels(x: tf.Tensor):
   """`x[..., :C//2], x[..., C//2:]`: the kept half and the transformed half."""
-  kept = x.shape[-1] // 2
-  return x[..., :kept], x[..., kept:]
+  channels = x.shape[-1]
+  return tf.split(x, [channels // 2, channels - channels // 2], axis=-1)
 
 
 class AffineCoupling(FlowBijector):

@@ -4,11 +4,18 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.bijectors import chain as chain_lib
 from tensorflow_probability.python.internal import cache_util
 
 tfb = tfp.bijectors
 
-__all__ = ['FlowBijector', 'check_flat_shape', 'check_image_shape']
+__all__ = [
+  'FlowBijector',
+  'check_flat_shape',
+  'check_image_shape',
+  'forward_and_log_det',
+  'inverse_and_log_det',
+]
 
 
 class FlowBijector(tfb.Bijector):
@@ -138,3 +145,36 @@ def check_flat_shape(bijector: tfb.Bijector, shape: tf.TensorShape, size: int) -
       f'shape [..., {size}]; got event shape {shape.as_list()}.'
     )
   return shape
+
+
+def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3):
+  """`(bijector.forward(x), its log-det)`, computed once.
+
+  For glow_tf bijectors, and `tfb.Chain`s of them, this calls
+  `_forward_and_log_det` directly: a composite that caches its own result needs
+  no per-layer cache, name scopes or reduction logic, and tracing a deep flow
+  then creates a fraction of the ops. Any other bijector goes through its public
+  methods.
+  """
+  if isinstance(bijector, FlowBijector):
+    return bijector._forward_and_log_det(x)  # pylint: disable=protected-access
+  if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
+    log_det = tf.zeros([], x.dtype)
+    for part in reversed(bijector.bijectors):
+      x, part_log_det = forward_and_log_det(part, x, event_ndims)
+      log_det += part_log_det
+    return x, log_det
+  return bijector.forward(x), bijector.forward_log_det_jacobian(x, event_ndims=event_ndims)
+
+
+def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3):
+  """`(bijector.inverse(y), its log-det)`, computed once; see `forward_and_log_det`."""
+  if isinstance(bijector, FlowBijector):
+    return bijector._inverse_and_log_det(y)  # pylint: disable=protected-access
+  if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
+    log_det = tf.zeros([], y.dtype)
+    for part in bijector.bijectors:
+      y, part_log_det = inverse_and_log_det(part, y, event_ndims)
+      log_det += part_log_det
+    return y, log_det
+  return bijector.inverse(y), bijector.inverse_log_det_jacobian(y, event_ndims=event_ndims)

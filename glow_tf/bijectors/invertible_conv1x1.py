@@ -2,9 +2,11 @@
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_probability.python.internal import prefer_static as ps
 
+from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 
 __all__ = ['InvertibleConv1x1', 'random_rotation', 'apply_channel_matrix']
@@ -17,8 +19,9 @@ def random_rotation(num_channels: int, seed: Sequence[int], dtype=tf.float32) ->
 
 
 def apply_channel_matrix(x: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
-  """`y[..., i] = sum_j matrix[i, j] x[..., j]`: a 1x1 convolution, as one matrix product."""
-  return tf.tensordot(x, matrix, axes=[[-1], [1]])
+  """`y[..., i] = sum_j matrix[i, j] x[..., j]`: a 1x1 convolution of images `[..., H, W, C]`."""
+  kernel = tf.transpose(matrix)[tf.newaxis, tf.newaxis]
+  return nn.apply_to_images(lambda t: tf.nn.conv2d(t, kernel, strides=1, padding='VALID'), x)
 
 
 class InvertibleConv1x1(FlowBijector):
@@ -96,9 +99,11 @@ class InvertibleConv1x1(FlowBijector):
 
   def factors(self):
     """Returns `(P, L, U + diag(s))`, the LU factors of `W`."""
-    eye = tf.eye(self._num_channels, dtype=self._lower.dtype)
-    lower = tf.linalg.band_part(self._lower, -1, 0) * (1.0 - eye) + eye
-    upper = tf.linalg.band_part(self._upper, 0, -1) * (1.0 - eye) + tf.linalg.diag(
+    eye = np.eye(self._num_channels)
+    strictly_lower = np.tril(np.ones_like(eye), -1)
+    dtype = self._lower.dtype
+    lower = self._lower * tf.constant(strictly_lower, dtype) + tf.constant(eye, dtype)
+    upper = self._upper * tf.constant(strictly_lower.T, dtype) + tf.linalg.diag(
       self._sign * tf.exp(self._log_s)
     )
     return tf.convert_to_tensor(self._permutation), lower, upper

@@ -9,7 +9,13 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import prefer_static as ps
 
 from glow_tf.bijectors.affine_coupling import split_channels
-from glow_tf.bijectors.flow_bijector import FlowBijector, check_flat_shape, check_image_shape
+from glow_tf.bijectors.flow_bijector import (
+  FlowBijector,
+  check_flat_shape,
+  check_image_shape,
+  forward_and_log_det,
+  inverse_and_log_det,
+)
 
 tfb = tfp.bijectors
 
@@ -17,11 +23,13 @@ __all__ = ['MultiScaleFlow']
 
 
 def _forward(bijector, x, log_det):
-  return bijector.forward(x), log_det + bijector.forward_log_det_jacobian(x, event_ndims=3)
+  y, part = forward_and_log_det(bijector, x)
+  return y, log_det + part
 
 
 def _inverse(bijector, y, log_det):
-  return bijector.inverse(y), log_det + bijector.inverse_log_det_jacobian(y, event_ndims=3)
+  x, part = inverse_and_log_det(bijector, y)
+  return x, log_det + part
 
 
 class MultiScaleFlow(FlowBijector):
@@ -40,8 +48,9 @@ class MultiScaleFlow(FlowBijector):
   log|det J_forward| = sum of the parts' log-dets
   ```
 
-  Every part is a bijector called through its public, cached methods, so each
-  network runs once per pass. The event is `[H, W, C]` forward and
+  Parts are computed through `forward_and_log_det` / `inverse_and_log_det`:
+  each network runs once per pass, without per-layer TFP bookkeeping (the
+  composite's own result is cached). The event is `[H, W, C]` forward and
   `[D] = [H * W * C]` inverse; `latent_shapes` lists each level's piece of it.
   """
 
