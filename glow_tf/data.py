@@ -1,0 +1,390 @@
+"""Datasets for Glow: the embedded digits, TFDS by name, image folders; one input pipeline.
+
+Every source becomes a `DataSource`: integer images in `[0, num_bins)` with
+labels. `train_dataset` and `eval_dataset` then build the one pipeline
+
+    (cache) -> shuffle per epoch -> global batch -> uniform dequantisation
+            -> this worker's share of the batch, per replica -> prefetch
+
+in which batch `i` depends only on `(seed, i)`, so a resumed run sees exactly the
+batches an uninterrupted run would, and every strategy (one device, mirrored,
+multi-worker) sees the same global batches.
+"""
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+  'DataError',
+  'DataSource',
+  'centre',
+  'dequantize',
+  'eval_dataset',
+  'load',
+  'to_pixels',
+  'train_dataset',
+]
+
+DIGITS = 'digits'
+FOLDER_PREFIX = 'folder:'
+# The embedded dataset: scikit-learn's 1,797 8x8 digits, values 0..16 (17 levels).
+# Fixed split: a RandomState(0) permutation; the first 1,497 train, the last 300 test.
+DIGITS_NUM_BINS = 17
+DIGITS_NUM_TEST = 300
+
+
+class DataError(ValueError):
+  """A dataset that cannot be used: unknown, unprepared, empty or too small."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """A dataset ready for the pipeline.
+
+  Attributes:
+    name: as given to `load`.
+    train, test: finite `tf.data.Dataset`s of `(image, label)`: images int32
+      `[H, W, C]` with values in `[0, num_bins)`, labels int32 scalars (0 when
+      the dataset has none).
+    num_train, num_test: number of examples.
+    image_shape: `(H, W, C)`.
+    num_bins: levels per value (`2**n_bits`, or 17 for the digits).
+    num_classes: number of labels, or None.
+  """
+
+  name: str
+  train: tf.data.Dataset
+  test: tf.data.Dataset
+  num_train: int
+  num_test: int
+  image_shape: tuple[int, int, int]
+  num_bins: int
+  num_classes: int | None
+
+
+def digits_arrays():
+  """The digits as `((train_images, train_labels), (test_images, test_labels))`, fixed split."""
+  from sklearn.datasets import load_digits  # Only the default dataset needs scikit-learn.
+
+  digits = load_digits()
+  images = digits.images.astype(np.int32)[..., np.newaxis]
+  order = np.random.RandomState(0).permutation(len(images))
+  train, test = order[:-DIGITS_NUM_TEST], order[-DIGITS_NUM_TEST:]
+  labels = digits.target.astype(np.int32)
+  return (images[train], labels[train]), (images[test], labels[test])
+
+
+def _load_digits(n_bits, image_size) -> DataSource:
+  if n_bits is not None:
+    raise DataError(
+      f'--n_bits applies to 8-bit image datasets; digits has {DIGITS_NUM_BINS} '
+      f'levels (got n_bits={n_bits}).'
+    )
+  if image_size not in (None, 8):
+    raise DataError(
+      f'digits are 8x8; resizing them is not supported (got image_size={image_size}).'
+    )
+  train, test = digits_arrays()
+  return DataSource(
+    DIGITS,
+    tf.data.Dataset.from_tensor_slices(train),
+    tf.data.Dataset.from_tensor_slices(test),
+    len(train[0]),
+    len(test[0]),
+    (8, 8, 1),
+    DIGITS_NUM_BINS,
+    10,
+  )
+
+
+def _resize(image, size):
+  """Centre-crops to a square, then resizes (area) to `size x size`; stays uint8."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  side = tf.minimum(height, width)
+  image = tf.image.crop_to_bounding_box(
+    image, (height - side) // 2, (width - side) // 2, side, side
+  )
+  image = tf.image.resize(image, [size, size], method='area', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _to_bins(image, n_bits):
+  """uint8 -> int32 in `[0, 2**n_bits)`, as the official code reduces precision."""
+  return tf.cast(image, tf.int32) // (2 ** (8 - n_bits))
+
+
+def _count(dataset) -> int:
+  cardinality = int(dataset.cardinality())
+  if cardinality >= 0:
+    return cardinality
+  return int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def _from_features(
+  name, splits, image_shape, n_bits, image_size, num_classes, split_sizes
+) -> DataSource:
+  """Maps TFDS-style feature dicts to `(image, label)` and builds the DataSource."""
+
+  def convert(example):
+    image = example['image']
+    if image_size is not None:
+      image = _resize(image, image_size)
+    label = tf.cast(example.get('label', 0), tf.int32)
+    return _to_bins(image, n_bits), label
+
+  train, test = [
+    splits[k].map(convert, num_parallel_calls=tf.data.AUTOTUNE) for k in ('train', 'test')
+  ]
+  height, width, channels = image_shape
+  if image_size is not None:
+    height = width = image_size
+  if height is None or width is None:
+    raise DataError(f'images of {name!r} vary in size; pass --image_size to resize them.')
+  num_train = split_sizes.get('train') or _count(train)
+  num_test = split_sizes.get('test') or _count(test)
+  return DataSource(
+    name, train, test, num_train, num_test, (height, width, channels), 2**n_bits, num_classes
+  )
+
+
+def _test_split(split_names):
+  for candidate in ('test', 'validation'):
+    if candidate in split_names:
+      return candidate
+  return 'test'
+
+
+def _load_tfds(name, data_dir, download, n_bits, image_size) -> DataSource:
+  import tensorflow_datasets as tfds
+
+  try:
+    if data_dir and os.path.exists(os.path.join(data_dir, 'dataset_info.json')):
+      builder = tfds.builder_from_directory(data_dir)  # A prepared dataset version directory.
+    else:
+      builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(
+      f'unknown dataset {name!r}: expected "digits", "folder:PATH" or a TFDS '
+      f'name such as mnist, cifar10, celeb_a ({str(e).splitlines()[0]})'
+    ) from e
+  features = builder.info.features
+  if 'image' not in features:
+    raise DataError(
+      f'TFDS dataset {name!r} has no "image" feature; got features {list(features.keys())}.'
+    )
+  known_splits = dict(builder.info.splits)
+  test_split = _test_split(known_splits)
+  try:
+    if download:
+      builder.download_and_prepare()
+    splits = {
+      k: builder.as_dataset(split=s, shuffle_files=False)
+      for k, s in (('train', 'train'), ('test', test_split))
+    }
+  except AssertionError as e:  # TFDS's "could not find data", raised at once without download.
+    raise DataError(
+      f'TFDS dataset {name!r} is not prepared in {data_dir or tfds.core.constants.DATA_DIR}; '
+      'pass --download (needs internet) or --data_dir pointing at a prepared copy.'
+    ) from e
+  num_classes = features['label'].num_classes if 'label' in features else None
+  sizes = {
+    k: known_splits[s].num_examples
+    for k, s in (('train', 'train'), ('test', test_split))
+    if s in known_splits
+  }
+  return _from_features(
+    name, splits, features['image'].shape, n_bits, image_size, num_classes, sizes
+  )
+
+
+def _load_folder(path, n_bits, image_size) -> DataSource:
+  import tensorflow_datasets as tfds
+
+  if not os.path.isdir(path):
+    raise DataError(f'image folder {path!r} does not exist or is not a directory.')
+  subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+  if 'train' not in subdirs:
+    raise DataError(
+      f'image folder {path!r} needs the layout {path}/train/<label>/*.png (and '
+      f'{path}/test/...); found subdirectories {subdirs}.'
+    )
+  builder = tfds.ImageFolder(path)
+  splits = {'train': builder.as_dataset(split='train', shuffle_files=False)}
+  test_split = _test_split(builder.info.splits)
+  splits['test'] = (
+    builder.as_dataset(split=test_split, shuffle_files=False)
+    if test_split in builder.info.splits
+    else splits['train'].take(0)
+  )
+  shape = builder.info.features['image'].shape
+  if image_size is None:
+    first = next(iter(splits['train']))['image']
+    image_size = int(first.shape[0]) if first.shape[0] == first.shape[1] else None
+    if image_size is None:
+      raise DataError(f'images in {path!r} are not square ({first.shape}); pass --image_size.')
+  sizes = {
+    k: builder.info.splits[k].num_examples for k in ('train', 'test') if k in builder.info.splits
+  }
+  num_classes = builder.info.features['label'].num_classes
+  return _from_features(
+    FOLDER_PREFIX + path,
+    splits,
+    shape,
+    n_bits,
+    image_size,
+    num_classes if num_classes > 1 else None,
+    sizes,
+  )
+
+
+def load(
+  dataset: str = DIGITS,
+  data_dir: str | None = None,
+  download: bool = False,
+  n_bits: int | None = None,
+  image_size: int | None = None,
+) -> DataSource:
+  """Loads `dataset`: 'digits', 'folder:PATH', or a TFDS name.
+
+  Args:
+    dataset: 'digits' (embedded, offline), 'folder:PATH' (PATH/train/<label>/*
+      and optionally PATH/test/<label>/*), or a TFDS name such as 'mnist'.
+    data_dir: TFDS data directory, or a prepared dataset version directory.
+    download: let TFDS download and prepare (needs internet). Off: an
+      unprepared dataset fails at once with a clear error.
+    n_bits: reduce 8-bit images to `2**n_bits` levels (default 8).
+    image_size: centre-crop to square and resize to this size.
+
+  Raises:
+    DataError: for anything that makes the dataset unusable, with the reason.
+  """
+  if n_bits is not None and not 1 <= n_bits <= 8:
+    raise DataError(f'n_bits must be in 1..8; got {n_bits}.')
+  if image_size is not None and image_size < 1:
+    raise DataError(f'image_size must be positive; got {image_size}.')
+  if dataset == DIGITS:
+    source = _load_digits(n_bits, image_size)
+  elif dataset.startswith(FOLDER_PREFIX):
+    source = _load_folder(
+      dataset[len(FOLDER_PREFIX) :], 8 if n_bits is None else n_bits, image_size
+    )
+  else:
+    source = _load_tfds(dataset, data_dir, download, 8 if n_bits is None else n_bits, image_size)
+  if source.num_train == 0:
+    raise DataError(f'dataset {dataset!r} has no training images.')
+  return source
+
+
+def dequantize(pixels: tf.Tensor, num_bins: int, seed) -> tf.Tensor:
+  """Integer pixels in `[0, num_bins)` -> `(pixels + u) / num_bins - 0.5`, u ~ U[0, 1).
+
+  The paper's uniform dequantisation; the result lies in `[-0.5, 0.5)`.
+  """
+  noise = tf.random.stateless_uniform(tf.shape(pixels), seed=seed)
+  return (tf.cast(pixels, tf.float32) + noise) / num_bins - 0.5
+
+
+def centre(pixels: tf.Tensor, num_bins: int) -> tf.Tensor:
+  """Integer pixels -> the centres of their bins, `(pixels + 0.5) / num_bins - 0.5`."""
+  return (tf.cast(pixels, tf.float32) + 0.5) / num_bins - 0.5
+
+
+def to_pixels(x: tf.Tensor, num_bins: int) -> tf.Tensor:
+  """Model space `[-0.5, 0.5)` -> integer pixels in `[0, num_bins)` (int32)."""
+  return tf.cast(tf.clip_by_value(tf.floor((x + 0.5) * num_bins), 0, num_bins - 1), tf.int32)
+
+
+def _per_replica(batches, input_context, global_batch):
+  """This worker's replicas' shares of each global batch, one per-replica batch at a time."""
+  replicas = input_context.num_replicas_in_sync
+  local = replicas // input_context.num_input_pipelines
+  first = input_context.input_pipeline_id * local
+
+  def share(*tensors):
+    return tuple(
+      tf.reshape(t, [replicas, global_batch // replicas, *t.shape[1:]])[first : first + local]
+      for t in tensors
+    )
+
+  return batches.map(share).unbatch()
+
+
+def train_dataset(
+  source: DataSource,
+  global_batch: int,
+  seed: int,
+  start_step: int = 0,
+  input_context: tf.distribute.InputContext | None = None,
+  shuffle_buffer: int = 50_000,
+) -> tf.data.Dataset:
+  """Endless `(x, label)` training batches from step `start_step` on.
+
+  Epoch `e` is shuffled with seed `(seed, e)`; batch `i` is dequantised with seed
+  `(seed, i)`. Without `input_context`, yields global batches; with it (from
+  `strategy.distribute_datasets_from_function`), yields this worker's
+  per-replica slices of the same global batches.
+  """
+  if source.num_train < global_batch:
+    raise DataError(
+      f'the training split of {source.name!r} has {source.num_train} images, '
+      f'fewer than one global batch ({global_batch}).'
+    )
+  examples = source.train.cache()
+  buffer = min(shuffle_buffer, source.num_train)
+
+  def epoch(index):
+    return examples.shuffle(buffer, seed=seed * 1_000_003 + index, reshuffle_each_iteration=False)
+
+  first_example = start_step * global_batch
+  first_epoch, offset = divmod(first_example, source.num_train)
+  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
+  batches = tf.data.Dataset.zip(
+    (tf.data.Dataset.range(start_step, 2**62), stream.batch(global_batch, drop_remainder=True))
+  )
+  batches = batches.map(
+    lambda step, batch: (dequantize(batch[0], source.num_bins, tf.stack([seed, step])), batch[1]),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  if input_context is not None:
+    batches = _per_replica(batches, input_context, global_batch)
+  return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(
+  source: DataSource,
+  global_batch: int,
+  seed: int,
+  input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+  """The test split once, as `(x, label, weight)` batches, dequantised with fixed noise.
+
+  The last batch is padded to a full global batch with weight-0 copies, so every
+  replica gets equal batches and `sum(weight * bpd) / sum(weight)` is exact.
+  """
+  if source.num_test == 0:
+    raise DataError(f'dataset {source.name!r} has no test images to evaluate on.')
+  padded = math.ceil(source.num_test / global_batch) * global_batch
+  weights = tf.data.Dataset.from_tensor_slices(np.arange(padded) < source.num_test).map(
+    lambda w: tf.cast(w, tf.float32)
+  )
+  examples = source.test.cache().repeat().take(padded)
+  batches = tf.data.Dataset.zip(
+    (
+      tf.data.Dataset.range(padded // global_batch),
+      tf.data.Dataset.zip((examples, weights)).batch(global_batch),
+    )
+  )
+  batches = batches.map(
+    lambda index, batch: (
+      dequantize(batch[0][0], source.num_bins, tf.stack([seed, -1 - index])),
+      batch[0][1],
+      batch[1],
+    )
+  )
+  if input_context is not None:
+    batches = _per_replica(batches, input_context, global_batch)
+  return batches.prefetch(tf.data.AUTOTUNE)
