@@ -1,0 +1,670 @@
+"""Training Glow: `TrainConfig`, presets, and `train_and_evaluate(config, model_dir)`.
+
+No flags here: `glow_tf.train` (the CLI) turns flags into a `TrainConfig`, and
+tests and notebooks call `train_and_evaluate` directly.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from glow_tf import data, images, optim
+from glow_tf import flow as flow_lib
+
+__all__ = [
+  'PRESETS',
+  'STRATEGIES',
+  'ConfigError',
+  'TrainConfig',
+  'Trainer',
+  'load_run_config',
+  'make_strategy',
+  'train_and_evaluate',
+]
+
+STRATEGIES = ('default', 'mirrored', 'multi_worker')
+CONFIG_FILE = 'config.json'
+RESULTS_FILE = 'results.json'
+CHECKPOINT_DIR = 'checkpoints'
+# Fields that define the model and its data: a run directory keeps them forever.
+IDENTITY_FIELDS = (
+  'dataset',
+  'image_size',
+  'n_bits',
+  'levels',
+  'depth',
+  'width',
+  'coupling',
+  'permutation',
+  'learn_top',
+  'class_conditional',
+  'seed',
+)
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot train: names the field, the value, and what is expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run needs besides its directory.
+
+  Presets (see `PRESETS`) fill it for common cases; the `digits` preset's
+  docstring-level result is recorded in the README with the command that made it.
+  """
+
+  # Data.
+  dataset: str = 'digits'
+  data_dir: str | None = None
+  download: bool = False
+  image_size: int | None = None
+  n_bits: int | None = None
+  # Model.
+  levels: int = 2
+  depth: int = 8
+  width: int = 64
+  coupling: str = 'affine'
+  permutation: str = 'conv1x1'
+  learn_top: bool = True
+  class_conditional: bool = False
+  class_loss_weight: float = 0.01
+  # Optimisation. `batch_size` is global; `per_replica_batch_size`, if set, replaces it.
+  batch_size: int | None = 64
+  per_replica_batch_size: int | None = None
+  train_steps: int = 2000
+  learning_rate: float = 1e-3
+  warmup_steps: int = 200
+  optimizer: str = 'adamax'
+  grad_clip_norm: float = 0.0
+  ema_decay: float = 0.999
+  init_batch_size: int = 256
+  nonfinite_patience: int = 5
+  # Bookkeeping.
+  eval_every: int = 500
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  log_every_secs: float = 15.0
+  seed: int = 0
+  strategy: str = 'default'
+  jit_compile: bool = False
+  temperatures: tuple[float, ...] = (0.0, 0.5, 0.7, 0.85, 1.0)
+  samples_per_temperature: int = 64
+
+  def __post_init__(self):
+    object.__setattr__(self, 'temperatures', tuple(float(t) for t in self.temperatures))
+    checks = [
+      ('levels', self.levels >= 1, '>= 1'),
+      ('depth', self.depth >= 1, '>= 1'),
+      ('width', self.width >= 1, '>= 1'),
+      ('train_steps', self.train_steps >= 0, '>= 0'),
+      ('learning_rate', self.learning_rate > 0, '> 0'),
+      ('warmup_steps', self.warmup_steps >= 0, '>= 0'),
+      ('ema_decay', 0 <= self.ema_decay < 1, 'in [0, 1)'),
+      ('init_batch_size', self.init_batch_size >= 1, '>= 1'),
+      ('eval_every', self.eval_every >= 1, '>= 1'),
+      ('checkpoint_every', self.checkpoint_every >= 1, '>= 1'),
+      ('nonfinite_patience', self.nonfinite_patience >= 1, '>= 1'),
+      ('samples_per_temperature', self.samples_per_temperature >= 1, '>= 1'),
+      ('class_loss_weight', self.class_loss_weight >= 0, '>= 0'),
+      ('grad_clip_norm', self.grad_clip_norm >= 0, '>= 0 (0: no clipping)'),
+      ('n_bits', self.n_bits is None or 1 <= self.n_bits <= 8, 'in 1..8'),
+      ('image_size', self.image_size is None or self.image_size >= 1, '>= 1'),
+      ('temperatures', all(t >= 0 for t in self.temperatures), 'all >= 0'),
+      ('coupling', self.coupling in flow_lib.COUPLINGS, f'one of {flow_lib.COUPLINGS}'),
+      ('permutation', self.permutation in flow_lib.PERMUTATIONS, f'one of {flow_lib.PERMUTATIONS}'),
+      ('optimizer', self.optimizer in optim.OPTIMIZERS, f'one of {optim.OPTIMIZERS}'),
+      ('strategy', self.strategy in STRATEGIES, f'one of {STRATEGIES}'),
+    ]
+    for name, ok, expected in checks:
+      if not ok:
+        raise ConfigError(f'{name} must be {expected}; got {getattr(self, name)!r}.')
+    if (self.batch_size is None) == (self.per_replica_batch_size is None):
+      raise ConfigError(
+        'set exactly one of batch_size (global) and per_replica_batch_size; got '
+        f'batch_size={self.batch_size!r}, '
+        f'per_replica_batch_size={self.per_replica_batch_size!r}.'
+      )
+    for name in ('batch_size', 'per_replica_batch_size'):
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ConfigError(f'{name} must be >= 1; got {value!r}.')
+
+  def global_batch_size(self, num_replicas: int) -> int:
+    """The global batch for `num_replicas`; raises ConfigError if it does not split evenly."""
+    if self.per_replica_batch_size is not None:
+      return self.per_replica_batch_size * num_replicas
+    if self.batch_size % num_replicas:
+      raise ConfigError(
+        f'batch_size (global) must be divisible by the number of replicas '
+        f'({num_replicas}); got {self.batch_size}.'
+      )
+    return self.batch_size
+
+  def model_config(self, source: data.DataSource) -> flow_lib.GlowConfig:
+    """The flow's architecture for images of `source`; raises ConfigError if it cannot fit."""
+    if self.class_conditional and source.num_classes is None:
+      raise ConfigError(
+        f'class_conditional needs a labelled dataset; {source.name!r} has no labels.'
+      )
+    try:
+      return flow_lib.GlowConfig(
+        image_shape=source.image_shape,
+        levels=self.levels,
+        depth=self.depth,
+        width=self.width,
+        coupling=self.coupling,
+        permutation=self.permutation,
+        learn_top=self.learn_top,
+        num_classes=source.num_classes if self.class_conditional else None,
+        seed=self.seed,
+      )
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+
+  def replace(self, **changes) -> 'TrainConfig':
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    values = dataclasses.asdict(self)
+    values['temperatures'] = list(self.temperatures)
+    return values
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'TrainConfig':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+      raise ConfigError(f'unknown TrainConfig fields {sorted(unknown)}.')
+    return cls(**values)
+
+
+PRESETS: dict[str, TrainConfig] = {
+  # The default: Glow on scikit-learn's embedded 8x8 digits, offline, on a CPU.
+  # L=2, K=8, width 64 (154k parameters), 4,000 steps of 64: test bits/dim is
+  # lowest near 4,000 steps (2.38 in a 6,000-step run evaluated every 1,000);
+  # longer runs overfit the 1,497 training images. README has the measured run.
+  'digits': TrainConfig(
+    levels=2,
+    depth=8,
+    width=64,
+    batch_size=64,
+    train_steps=4000,
+    warmup_steps=200,
+    eval_every=1000,
+    checkpoint_every=1000,
+  ),
+  # Seconds: for smoke tests.
+  'tiny': TrainConfig(
+    levels=2,
+    depth=2,
+    width=16,
+    batch_size=32,
+    train_steps=20,
+    warmup_steps=5,
+    ema_decay=0.9,
+    eval_every=10,
+    checkpoint_every=10,
+    init_batch_size=64,
+    samples_per_temperature=16,
+    log_every_secs=1.0,
+  ),
+  # The paper's CIFAR-10 setup (Kingma & Dhariwal 2018, table 2 / the official
+  # code's README): 3 levels, K=32, width 512, affine coupling, LU 1x1 conv,
+  # learned top prior, Adamax lr 1e-3 with warmup, 8 bits, 64 images per device.
+  # The paper reports 3.35 bits/dim on the test set.
+  'cifar10_paper': TrainConfig(
+    dataset='cifar10',
+    n_bits=8,
+    levels=3,
+    depth=32,
+    width=512,
+    coupling='affine',
+    permutation='conv1x1',
+    learn_top=True,
+    batch_size=None,
+    per_replica_batch_size=64,
+    train_steps=400_000,
+    learning_rate=1e-3,
+    warmup_steps=8_000,
+    optimizer='adamax',
+    ema_decay=0.999,
+    init_batch_size=256,
+    eval_every=5_000,
+    checkpoint_every=5_000,
+    log_every_secs=60.0,
+    samples_per_temperature=36,
+  ),
+}
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """'default': one device; 'mirrored': all GPUs, else all (logical) CPUs; 'multi_worker':
+  MultiWorkerMirroredStrategy from TF_CONFIG."""
+  if name == 'default':
+    return tf.distribute.get_strategy()
+  if name == 'mirrored':
+    gpus = tf.config.list_logical_devices('GPU')
+    devices = [d.name for d in gpus or tf.config.list_logical_devices('CPU')]
+    return tf.distribute.MirroredStrategy(devices)
+  if name == 'multi_worker':
+    if 'TF_CONFIG' not in os.environ:
+      raise ConfigError(
+        'strategy multi_worker needs the TF_CONFIG environment variable '
+        '(cluster and this task); it is not set.'
+      )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ConfigError(f'strategy must be one of {STRATEGIES}; got {name!r}.')
+
+
+def _is_chief(strategy) -> tuple[bool, int]:
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True, 0
+  task_id = resolver.task_id or 0
+  return resolver.task_type == 'chief' or (resolver.task_type == 'worker' and task_id == 0), task_id
+
+
+def _write_json(path: str, values: dict[str, Any]) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    json.dump(values, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def load_run_config(model_dir: str) -> dict[str, Any]:
+  """The `config.json` a training run wrote: train config, model config and data facts."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise ConfigError(f'{model_dir!r} is not a glow_tf run directory: no {CONFIG_FILE}.')
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+class Trainer:
+  """The state of one run (model, optimiser, EMA, counters, checkpoints) and its steps.
+
+  `train_and_evaluate` drives it; tests use it directly, e.g. to feed chosen batches.
+  """
+
+  def __init__(
+    self,
+    config: TrainConfig,
+    model_dir: str,
+    source: data.DataSource,
+    strategy: tf.distribute.Strategy,
+  ):
+    self.config, self.model_dir, self.source, self.strategy = config, model_dir, source, strategy
+    self.num_replicas = strategy.num_replicas_in_sync
+    self.global_batch = config.global_batch_size(self.num_replicas)
+    self.model_config = config.model_config(source)
+    self.is_chief, self.task_id = _is_chief(strategy)
+    self.num_dims = self.model_config.num_dims
+    with strategy.scope():
+      self.flow = flow_lib.build_glow(self.model_config)
+      self.classifier = (
+        flow_lib.build_classifier(self.model_config) if self.model_config.num_classes else None
+      )
+      self.variables = list(self.flow.trainable_variables)
+      if self.classifier is not None:
+        self.variables += list(self.classifier.trainable_variables)
+      self.optimizer = optim.Optimizer(self.variables, kind=config.optimizer)
+      self.ema = optim.ExponentialMovingAverage(self.variables, config.ema_decay)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+      self.nonfinite_total = tf.Variable(0, dtype=tf.int64, trainable=False, name='nonfinite')
+      self.nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name='streak')
+      self.lr_scale = tf.Variable(1.0, trainable=False, name='lr_scale')
+    self.checkpoint = tf.train.Checkpoint(
+      flow=self.flow,
+      optimizer=self.optimizer,
+      ema=self.ema,
+      step=self.step,
+      nonfinite_total=self.nonfinite_total,
+      nonfinite_streak=self.nonfinite_streak,
+      lr_scale=self.lr_scale,
+      **({'classifier': self.classifier} if self.classifier else {}),
+    )
+    directory = os.path.join(model_dir, CHECKPOINT_DIR)
+    if not self.is_chief:  # Other workers write their (identical) copy aside and delete it.
+      directory = os.path.join(model_dir, '.worker_tmp', f'worker_{self.task_id}')
+    self.manager = tf.train.CheckpointManager(
+      self.checkpoint, directory, max_to_keep=config.keep_checkpoints
+    )
+    self._compute_grads = tf.function(self._grads_and_metrics, jit_compile=config.jit_compile)
+    self._train_step = tf.function(self._distributed_train_step)
+    self._eval_step = tf.function(self._distributed_eval_step)
+    self._sample = tf.function(self._sample_images)
+
+  # ---- state -----------------------------------------------------------------------------
+
+  def restore_or_initialize(self) -> str:
+    """Restores the latest checkpoint, or initialises ActNorm on a training batch."""
+    latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIR))
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      return f'restored {latest} at step {int(self.step.numpy())}'
+    init_batch = min(self.config.init_batch_size, self.source.num_train)
+    x, _ = next(iter(data.train_dataset(self.source, init_batch, self.config.seed)))
+    with self.strategy.scope():
+      count = flow_lib.initialize(self.flow, x)
+      self.ema.reset()
+    return f'initialised {count} ActNorm layers on {init_batch} training images'
+
+  def checkpoint_variables(self) -> list[tf.Variable]:
+    """Every variable a checkpoint holds: model, optimiser, averages, counters."""
+    modules = [self.flow, self.optimizer, self.ema] + ([self.classifier] if self.classifier else [])
+    counters = [self.step, self.nonfinite_total, self.nonfinite_streak, self.lr_scale]
+    return [v for m in modules for v in m.variables] + counters
+
+  def save(self) -> str | None:
+    path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    if not self.is_chief:
+      tf.io.gfile.rmtree(self.manager.directory)
+    return path
+
+  @contextlib.contextmanager
+  def averaged_weights(self):
+    """Within this context the model holds its Polyak (EMA) averages."""
+    self.ema.swap()
+    try:
+      yield
+    finally:
+      self.ema.swap()
+
+  # ---- steps -----------------------------------------------------------------------------
+
+  def learning_rate(self, step):
+    warmup = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / max(self.config.warmup_steps, 1))
+    return self.config.learning_rate * warmup * self.lr_scale
+
+  def _per_example_losses(self, x, label):
+    """(loss, bits/dim) per example: NLL in bits/dim plus the weighted class bits."""
+    kwargs = flow_lib.conditional_kwargs(label if self.classifier is not None else None)
+    bpd = flow_lib.bits_per_dim(
+      self.flow.log_prob(x, bijector_kwargs=kwargs), self.num_dims, self.source.num_bins
+    )
+    loss = bpd
+    if self.classifier is not None:
+      logits = self.classifier(flow_lib.top_latent(self.flow, x))
+      class_bits = tf.nn.sparse_softmax_cross_entropy_with_logits(label, logits) / math.log(2.0)
+      loss = loss + self.config.class_loss_weight * class_bits
+    return loss, bpd
+
+  def _grads_and_metrics(self, x, label):
+    with tf.GradientTape() as tape:
+      loss, bpd = self._per_example_losses(x, label)
+      scaled = tf.reduce_sum(loss) / self.global_batch
+    grads = tape.gradient(scaled, self.variables)
+    return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
+
+  def _replica_train_step(self, x, label):
+    context = tf.distribute.get_replica_context()
+    grads, loss_sum, bpd_sum = self._compute_grads(x, label)
+    grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    loss_sum, bpd_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss_sum, bpd_sum])
+    grads, grad_norm = optim.global_norm_clip(grads, self.config.grad_clip_norm)
+    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss_sum)
+    learning_rate = self.learning_rate(self.step.read_value())
+
+    def apply():
+      self.optimizer.apply(grads, learning_rate)
+      self.ema.update()
+      return tf.constant(True)
+
+    tf.cond(finite, apply, lambda: tf.constant(False))
+    # Counters: every replica computes the same values from the same all-reduced sums.
+    optim.local_assign_add(self.step, 1)
+    nonfinite = tf.cast(tf.logical_not(finite), tf.int64)
+    optim.local_assign_add(self.nonfinite_total, nonfinite)
+    streak = (self.nonfinite_streak.read_value() + 1) * nonfinite
+    lower = streak >= self.config.nonfinite_patience
+    optim.local_assign(self.lr_scale, tf.where(lower, 0.5, 1.0) * self.lr_scale.read_value())
+    optim.local_assign(self.nonfinite_streak, tf.where(lower, tf.zeros_like(streak), streak))
+    return dict(
+      loss=loss_sum / self.global_batch,
+      bpd=bpd_sum / self.global_batch,
+      grad_norm=grad_norm,
+      learning_rate=learning_rate,
+      finite=finite,
+    )
+
+  def _distributed_train_step(self, iterator):
+    x, label = next(iterator)
+    metrics = self.strategy.run(self._replica_train_step, args=(x, label))
+    return {k: self.strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
+
+  def train_step(self, iterator) -> dict[str, float]:
+    """One step on the next batch of a distributed iterator; returns its metrics."""
+    return {k: v.numpy() for k, v in self._train_step(iterator).items()}
+
+  def distribute(self, dataset_fn):
+    """`dataset_fn(input_context)` -> per-replica batches, distributed over the strategy."""
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def train_iterator(self):
+    return iter(
+      self.distribute(
+        lambda ctx: data.train_dataset(
+          self.source, self.global_batch, self.config.seed, int(self.step.numpy()), ctx
+        )
+      )
+    )
+
+  def _replica_eval_step(self, x, label, weight):
+    context = tf.distribute.get_replica_context()
+    _, bpd = self._per_example_losses(x, label)
+    sums = [tf.reduce_sum(weight * bpd), tf.reduce_sum(weight)]
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+
+  def _distributed_eval_step(self, batch):
+    sums = self.strategy.run(self._replica_eval_step, args=batch)
+    return [self.strategy.experimental_local_results(s)[0] for s in sums]
+
+  def evaluate(self) -> float:
+    """Test bits/dim with the Polyak-averaged weights, over the whole test split."""
+    dataset = self.distribute(
+      lambda ctx: data.eval_dataset(self.source, self.global_batch, self.config.seed, ctx)
+    )
+    total, count = 0.0, 0.0
+    with self.averaged_weights():
+      for batch in dataset:
+        bpd_sum, weight_sum = self._eval_step(batch)
+        total, count = total + float(bpd_sum), count + float(weight_sum)
+    return total / count
+
+  def _sample_images(self, num, temperature, seed, label):
+    return flow_lib.sample(self.flow, num, temperature=temperature, seed=seed, label=label)
+
+  def sample_grid(self, temperature: float, seed: int = 0) -> np.ndarray:
+    """A uint8 grid of samples at `temperature` with the averaged weights (labels cycle)."""
+    num = self.config.samples_per_temperature
+    label = tf.range(num) % self.model_config.num_classes if self.model_config.num_classes else None
+    with self.averaged_weights():
+      x = self._sample(
+        tf.constant(num),
+        tf.constant(temperature, tf.float32),
+        tf.constant([self.config.seed, seed]),
+        label,
+      )
+    columns = int(math.ceil(math.sqrt(num)))
+    scale = max(1, 64 // self.source.image_shape[0])
+    return images.grid(
+      images.display_uint8(x, self.source.num_bins),
+      columns,
+      scale=scale,
+      padding=max(1, scale // 2),
+    )
+
+
+def _check_run_dir(config: TrainConfig, model_dir: str, run_values: dict[str, Any]) -> None:
+  """Refuses a model_dir holding a different model; writes config.json for a new one."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if tf.io.gfile.exists(path):
+    previous = load_run_config(model_dir)['train']
+    changed = {
+      k: (previous.get(k), run_values['train'][k])
+      for k in IDENTITY_FIELDS
+      if previous.get(k) != run_values['train'][k]
+    }
+    if changed:
+      raise ConfigError(
+        f'{model_dir!r} holds a run with a different model or data: '
+        + ', '.join(f'{k} was {a!r}, now {b!r}' for k, (a, b) in sorted(changed.items()))
+        + '. Use another --model_dir.'
+      )
+
+
+def train_and_evaluate(
+  config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy | None = None
+) -> dict[str, Any]:
+  """Trains (or resumes) a run in `model_dir`, evaluates it, and returns its results.
+
+  Leaves in `model_dir`: `config.json`, `checkpoints/`, TensorBoard logs
+  (`train/`, `test/`), sample grids (`samples/`), and `results.json` with the
+  final test bits/dim of the Polyak-averaged weights.
+  """
+  strategy = strategy or make_strategy(config.strategy)
+  source = data.load(
+    config.dataset, config.data_dir, config.download, config.n_bits, config.image_size
+  )
+  global_batch = config.global_batch_size(strategy.num_replicas_in_sync)
+  if source.num_train < global_batch:
+    raise ConfigError(
+      f'the training split of {source.name!r} has {source.num_train} images, '
+      f'fewer than one global batch ({global_batch}).'
+    )
+  model_config = config.model_config(source)
+  run_values = dict(
+    train=config.to_dict(),
+    model=model_config.to_dict(),
+    data=dict(
+      num_bins=source.num_bins,
+      image_shape=list(source.image_shape),
+      num_classes=source.num_classes,
+      num_train=source.num_train,
+      num_test=source.num_test,
+    ),
+  )
+  _check_run_dir(config, model_dir, run_values)
+  trainer = Trainer(config, model_dir, source, strategy)
+  if trainer.is_chief:
+    tf.io.gfile.makedirs(model_dir)
+    _write_json(os.path.join(model_dir, CONFIG_FILE), run_values)
+  logging.info('%s: %s', model_dir, trainer.restore_or_initialize())
+  writers = {
+    k: tf.summary.create_file_writer(os.path.join(model_dir, k))
+    if trainer.is_chief
+    else tf.summary.create_noop_writer()
+    for k in ('train', 'test')
+  }
+
+  start_step = int(trainer.step.numpy())
+  if start_step < config.train_steps:
+    logging.info(
+      'training %s from step %d to %d: %d images %s, global batch %d on %d '
+      'replica(s), %d parameters',
+      source.name,
+      start_step,
+      config.train_steps,
+      source.num_train,
+      source.image_shape,
+      global_batch,
+      trainer.num_replicas,
+      sum(int(np.prod(v.shape)) for v in trainer.variables),
+    )
+  iterator = trainer.train_iterator()
+  started = time.time()
+  last_log, last_log_step, bpd_values = time.time(), start_step, []
+  while int(trainer.step.numpy()) < config.train_steps:
+    metrics = trainer.train_step(iterator)
+    step = int(trainer.step.numpy())
+    if metrics['finite']:
+      bpd_values.append(float(metrics['bpd']))
+    else:
+      logging.warning(
+        'step %d: non-finite loss or gradient; step skipped (%d so far, learning-rate scale %.3g)',
+        step,
+        int(trainer.nonfinite_total.numpy()),
+        float(trainer.lr_scale.numpy()),
+      )
+    now = time.time()
+    if now - last_log >= config.log_every_secs or step == config.train_steps:
+      rate = (step - last_log_step) / max(now - last_log, 1e-9)
+      mean_bpd = float(np.mean(bpd_values)) if bpd_values else float('nan')
+      logging.info(
+        'step %d/%d  train bits/dim %.3f  %.2f steps/s  ETA %s  (lr %.2e, grad '
+        'norm %.3g, non-finite %d)',
+        step,
+        config.train_steps,
+        mean_bpd,
+        rate,
+        _format_duration((config.train_steps - step) / max(rate, 1e-9)),
+        float(metrics['learning_rate']),
+        float(metrics['grad_norm']),
+        int(trainer.nonfinite_total.numpy()),
+      )
+      with writers['train'].as_default(step=step):
+        tf.summary.scalar('bits_per_dim', mean_bpd)
+        tf.summary.scalar('learning_rate', float(metrics['learning_rate']))
+        tf.summary.scalar('grad_norm', float(metrics['grad_norm']))
+        tf.summary.scalar('nonfinite_steps', int(trainer.nonfinite_total.numpy()))
+        tf.summary.scalar('steps_per_sec', rate)
+      last_log, last_log_step, bpd_values = now, step, []
+    if step % config.checkpoint_every == 0 and step < config.train_steps:
+      trainer.save()
+    if step % config.eval_every == 0 and step < config.train_steps:
+      _evaluate_and_sample(trainer, writers['test'], step, final=False)
+  final_step = int(trainer.step.numpy())
+  if trainer.manager.latest_checkpoint is None or not trainer.manager.latest_checkpoint.endswith(
+    f'-{final_step}'
+  ):
+    trainer.save()
+  test_bpd = _evaluate_and_sample(trainer, writers['test'], final_step, final=True)
+  results = dict(
+    test_bits_per_dim=test_bpd,
+    step=final_step,
+    num_test=source.num_test,
+    train_seconds=round(time.time() - started, 1),
+    nonfinite_steps=int(trainer.nonfinite_total.numpy()),
+    checkpoint=trainer.manager.latest_checkpoint if trainer.is_chief else None,
+  )
+  if trainer.is_chief:
+    _write_json(os.path.join(model_dir, RESULTS_FILE), results)
+  logging.info(
+    'glow_tf %s: test bits/dim %.4f (Polyak-averaged weights, %d test images, step %d)',
+    source.name,
+    test_bpd,
+    source.num_test,
+    final_step,
+  )
+  return results
+
+
+def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> float:
+  test_bpd = trainer.evaluate()
+  logging.info('step %d: test bits/dim %.4f', step, test_bpd)
+  grids = [trainer.sample_grid(t) for t in trainer.config.temperatures]
+  with writer.as_default(step=step):
+    tf.summary.scalar('bits_per_dim', test_bpd)
+    for temperature, sheet in zip(trainer.config.temperatures, grids):
+      tf.summary.image(f'samples/temperature_{temperature:g}', sheet[np.newaxis], step=step)
+  if trainer.is_chief:
+    sheet = images.labelled_rows(grids)
+    images.write_png(os.path.join(trainer.model_dir, 'samples', f'step_{step:07d}.png'), sheet)
+    if final:
+      images.write_png(os.path.join(trainer.model_dir, 'samples.png'), sheet)
+  return test_bpd

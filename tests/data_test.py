@@ -1,0 +1,158 @@
+"""Tests of glow_tf.data: sources (digits, mock TFDS, image folders) and the pipeline."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from glow_tf import data
+
+
+def take(dataset, n):
+  return [tf.nest.map_structure(np.asarray, b) for b in dataset.take(n)]
+
+
+def write_folder(root, splits=('train', 'test'), per_label=3, size=(8, 8), labels=('a', 'b')):
+  rng = np.random.RandomState(0)
+  for split in splits:
+    for label in labels:
+      os.makedirs(os.path.join(root, split, label), exist_ok=True)
+      for i in range(per_label):
+        image = rng.randint(0, 256, size=(*size, 3)).astype(np.uint8)
+        tf.io.write_file(os.path.join(root, split, label, f'{i}.png'), tf.io.encode_png(image))
+  return root
+
+
+def test_digits_split_is_fixed_disjoint_and_complete():
+  (train_x, train_y), (test_x, test_y) = data.digits_arrays()
+  assert train_x.shape == (1497, 8, 8, 1) and test_x.shape == (300, 8, 8, 1)
+  assert train_x.max() == 16 and train_x.min() == 0
+  (again_x, _), _ = data.digits_arrays()
+  np.testing.assert_array_equal(train_x, again_x)
+  rows = {x.tobytes() for x in train_x}
+  assert sum(x.tobytes() in rows for x in test_x) < 10  # a few digits are pixel-identical
+  assert set(np.unique(test_y)) == set(range(10))
+
+
+def test_load_digits_source():
+  source = data.load('digits')
+  assert (source.image_shape, source.num_bins, source.num_classes) == ((8, 8, 1), 17, 10)
+  assert (source.num_train, source.num_test) == (1497, 300)
+
+
+def test_dequantize_stays_in_bins_and_centre_inverts():
+  pixels = tf.constant(np.arange(17).reshape(1, 17, 1, 1), tf.int32)
+  x = data.dequantize(pixels, 17, seed=[1, 2])
+  assert float(tf.reduce_min(x)) >= -0.5 and float(tf.reduce_max(x)) < 0.5
+  np.testing.assert_array_equal(data.to_pixels(x, 17), pixels)
+  np.testing.assert_array_equal(data.to_pixels(data.centre(pixels, 17), 17), pixels)
+
+
+def test_train_batches_depend_only_on_seed_and_step():
+  source = data.load('digits')
+  full = take(data.train_dataset(source, 64, seed=3), 30)
+  resumed = take(data.train_dataset(source, 64, seed=3, start_step=25), 5)
+  for a, b in zip(full[25:], resumed):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+  other_seed = take(data.train_dataset(source, 64, seed=4), 1)
+  assert not np.array_equal(full[0][0], other_seed[0][0])
+  # An epoch (23 full batches of 64 from 1,497) covers the training set without repeats.
+  labels = np.concatenate([b[1] for b in full[:23]])
+  assert len(labels) == 1472
+  assert full[0][0].shape == (64, 8, 8, 1) and full[0][0].dtype == np.float32
+
+
+def test_per_replica_slices_reassemble_the_global_batch():
+  source = data.load('digits')
+  global_batches = take(data.train_dataset(source, 8, seed=1), 2)
+  for pipelines in (1, 2):
+    slices = []
+    for pipeline in range(pipelines):
+      context = tf.distribute.InputContext(
+        num_input_pipelines=pipelines, input_pipeline_id=pipeline, num_replicas_in_sync=4
+      )
+      slices.append(
+        take(data.train_dataset(source, 8, seed=1, input_context=context), 2 * 4 // pipelines)
+      )
+    for step in range(2):
+      parts = [s[step * (4 // pipelines) + r][0] for s in slices for r in range(4 // pipelines)]
+      np.testing.assert_array_equal(np.concatenate(parts), global_batches[step][0])
+
+
+def test_eval_dataset_pads_with_zero_weights_and_fixed_noise():
+  source = data.load('digits')
+  batches = take(data.eval_dataset(source, 128, seed=0), 10)
+  assert len(batches) == 3  # 300 images -> 384 slots
+  weights = np.concatenate([b[2] for b in batches])
+  assert weights.sum() == 300 and weights[:300].all() and not weights[300:].any()
+  again = take(data.eval_dataset(source, 128, seed=0), 1)
+  np.testing.assert_array_equal(batches[0][0], again[0][0])
+
+
+def test_tfds_by_name_offline_with_mock_data():
+  with tfds.testing.mock_data(num_examples=12):
+    source = data.load('mnist', n_bits=5)
+    assert (source.image_shape, source.num_bins, source.num_classes) == ((28, 28, 1), 32, 10)
+    assert source.num_train == 12
+    image, label = next(iter(source.train))
+    assert image.dtype == tf.int32 and 0 <= int(tf.reduce_min(image))
+    assert int(tf.reduce_max(image)) < 32 and label.dtype == tf.int32
+    resized = data.load('cifar10', image_size=16)
+    assert resized.image_shape == (16, 16, 3)
+    assert next(iter(resized.train))[0].shape == (16, 16, 3)
+
+
+def test_unprepared_tfds_without_download_fails_at_once(tmp_path):
+  started = time.time()
+  with pytest.raises(data.DataError, match=r"'mnist' is not prepared in .*--download"):
+    data.load('mnist', data_dir=str(tmp_path))
+  assert time.time() - started < 30
+
+
+def test_unknown_dataset_is_named():
+  with pytest.raises(data.DataError, match=r"unknown dataset 'no_such_dataset_xyz'"):
+    data.load('no_such_dataset_xyz')
+
+
+def test_image_folder_with_real_pngs(tmp_path):
+  root = write_folder(str(tmp_path / 'images'))
+  source = data.load(f'folder:{root}', n_bits=4)
+  assert (source.image_shape, source.num_bins, source.num_classes) == ((8, 8, 3), 16, 2)
+  assert (source.num_train, source.num_test) == (6, 6)
+  image, label = next(iter(source.train))
+  assert image.shape == (8, 8, 3) and int(tf.reduce_max(image)) < 16
+  assert int(label) in (0, 1)
+
+
+def test_image_folder_without_train_split_is_refused(tmp_path):
+  root = write_folder(str(tmp_path / 'images'), splits=('pictures',))
+  with pytest.raises(data.DataError, match=r'needs the layout .*/train/<label>/\*\.png'):
+    data.load(f'folder:{root}')
+
+
+def test_missing_folder_is_named(tmp_path):
+  with pytest.raises(data.DataError, match='does not exist'):
+    data.load(f'folder:{tmp_path / "nope"}')
+
+
+def test_split_smaller_than_a_batch_is_refused(tmp_path):
+  source = data.load(f'folder:{write_folder(str(tmp_path / "images"))}')
+  with pytest.raises(data.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
+    data.train_dataset(source, 8, seed=0)
+
+
+@pytest.mark.parametrize(
+  'kwargs, match',
+  [
+    (dict(n_bits=9), 'n_bits must be in 1..8; got 9'),
+    (dict(n_bits=4), '--n_bits applies to 8-bit image datasets; digits has 17 levels'),
+    (dict(image_size=16), 'digits are 8x8'),
+  ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+  with pytest.raises(data.DataError, match=match):
+    data.load('digits', **kwargs)
