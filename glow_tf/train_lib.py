@@ -592,6 +592,9 @@ def train_and_evaluate(
   while int(trainer.step.numpy()) < config.train_steps:
     metrics = trainer.train_step(iterator)
     step = int(trainer.step.numpy())
+    if step == start_step + 1:  # Rates exclude the first step: tracing and compilation.
+      logging.info('first step took %.1f s (tracing and compilation)', time.time() - started)
+      last_log, last_log_step = time.time(), step
     if metrics['finite']:
       bpd_values.append(float(metrics['bpd']))
     else:

@@ -1,0 +1,45 @@
+"""Exports a training run as a SavedModel: `python -m glow_tf.export --model_dir=RUN ...`.
+
+The SavedModel holds the run's latest Polyak-averaged weights and the signatures
+serving_default/log_prob, log_prob_float, sample, encode and decode; it loads with
+TensorFlow alone (see glow_tf/export_lib.py for the exact preprocessing).
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from glow_tf import export_lib, runs
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('model_dir', None, 'Run directory written by glow_tf.train.')
+flags.DEFINE_string('export_dir', None, 'Where to write the SavedModel.')
+flags.DEFINE_bool(
+  'overwrite', False, 'Replace a non-empty export_dir (only once the new export is complete).'
+)
+flags.DEFINE_bool('tflite', False, 'Also write log_prob.tflite (unconditional models).')
+flags.mark_flags_as_required(['model_dir', 'export_dir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    facts = export_lib.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, FLAGS.tflite)
+  except (runs.RunError, export_lib.ExportError) as e:
+    print(f'glow_tf.export: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(
+    f'{facts["export_dir"]}: SavedModel of {facts["checkpoint"]} (step {facts["step"]}), '
+    f'signatures {", ".join(facts["signatures"])}'
+  )
+
+
+def run():
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,101 @@
+"""Loading a finished (or running) training run: its model, rebuilt from config.json, with
+the Polyak-averaged weights of its latest checkpoint."""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from glow_tf import flow as flow_lib
+from glow_tf import nn, optim, train_lib
+
+tfd = tfp.distributions
+
+__all__ = ['Run', 'RunError', 'load_run']
+
+
+class RunError(ValueError):
+  """A run directory that cannot be used: missing, not a glow_tf run, or without checkpoint."""
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained model, ready to use.
+
+  Attributes:
+    model_dir: the run directory.
+    flow: the Glow distribution, holding the Polyak-averaged weights.
+    classifier: the classifier head of a class-conditional model, else None.
+    config: the run's `TrainConfig`.
+    model_config: the flow's `GlowConfig`.
+    num_bins: levels per value of the data it was trained on.
+    checkpoint: the checkpoint the weights come from.
+    step: its training step.
+  """
+
+  model_dir: str
+  flow: tfd.Distribution
+  classifier: nn.ClassifierHead | None
+  config: train_lib.TrainConfig
+  model_config: flow_lib.GlowConfig
+  num_bins: int
+  checkpoint: str
+  step: int
+
+  @property
+  def num_classes(self) -> int | None:
+    return self.model_config.num_classes
+
+
+def load_run(model_dir: str, averaged: bool = True) -> Run:
+  """Rebuilds the model of `model_dir` and restores its latest checkpoint.
+
+  Args:
+    model_dir: a directory written by `glow_tf.train`.
+    averaged: use the Polyak (EMA) averages, as evaluation does; False: the raw
+      weights of the last step.
+
+  Raises:
+    RunError: naming what is missing.
+  """
+  if not tf.io.gfile.isdir(model_dir):
+    raise RunError(f'run directory {model_dir!r} does not exist.')
+  try:
+    values = train_lib.load_run_config(model_dir)
+  except train_lib.ConfigError as e:
+    raise RunError(str(e)) from e
+  config = train_lib.TrainConfig.from_dict(values['train'])
+  model_config = flow_lib.GlowConfig.from_dict(
+    {**values['model'], 'image_shape': tuple(values['model']['image_shape'])}
+  )
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, train_lib.CHECKPOINT_DIR))
+  if latest is None:
+    raise RunError(
+      f'run {model_dir!r} has no checkpoint yet (nothing in '
+      f'{os.path.join(model_dir, train_lib.CHECKPOINT_DIR)}).'
+    )
+  flow = flow_lib.build_glow(model_config)
+  classifier = flow_lib.build_classifier(model_config) if model_config.num_classes else None
+  variables = list(flow.trainable_variables)
+  if classifier is not None:
+    variables += list(classifier.trainable_variables)
+  ema = optim.ExponentialMovingAverage(variables, decay=config.ema_decay)
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  parts = dict(flow=flow, ema=ema, step=step)
+  if classifier is not None:
+    parts['classifier'] = classifier
+  tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+  if averaged:
+    for average, variable in zip(ema.averages, variables):
+      variable.assign(average)
+  return Run(
+    model_dir,
+    flow,
+    classifier,
+    config,
+    model_config,
+    values['data']['num_bins'],
+    latest,
+    int(step.numpy()),
+  )
