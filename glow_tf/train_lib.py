@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from glow_tf import data, images, optim
+from glow_tf import data, images, optim, sample_lib
 from glow_tf import flow as flow_lib
 
 __all__ = [
@@ -347,7 +347,6 @@ class Trainer:
     self._compute_grads = tf.function(self._grads_and_metrics, jit_compile=config.jit_compile)
     self._train_step = tf.function(self._distributed_train_step)
     self._eval_step = tf.function(self._distributed_eval_step)
-    self._sample = tf.function(self._sample_images)
 
   # ---- state -----------------------------------------------------------------------------
 
@@ -486,28 +485,14 @@ class Trainer:
         total, count = total + float(bpd_sum), count + float(weight_sum)
     return total / count
 
-  def _sample_images(self, num, temperature, seed, label):
-    return flow_lib.sample(self.flow, num, temperature=temperature, seed=seed, label=label)
-
   def sample_grid(self, temperature: float, seed: int = 0) -> np.ndarray:
     """A uint8 grid of samples at `temperature` with the averaged weights (labels cycle)."""
     num = self.config.samples_per_temperature
     label = tf.range(num) % self.model_config.num_classes if self.model_config.num_classes else None
     with self.averaged_weights():
-      x = self._sample(
-        tf.constant(num),
-        tf.constant(temperature, tf.float32),
-        tf.constant([self.config.seed, seed]),
-        label,
+      return sample_lib.sample_grid(
+        self.flow, self.source.num_bins, temperature, num, self.config.seed + seed, label
       )
-    columns = int(math.ceil(math.sqrt(num)))
-    scale = max(1, 64 // self.source.image_shape[0])
-    return images.grid(
-      images.display_uint8(x, self.source.num_bins),
-      columns,
-      scale=scale,
-      padding=max(1, scale // 2),
-    )
 
 
 def _check_run_dir(config: TrainConfig, model_dir: str, run_values: dict[str, Any]) -> None:

@@ -1,0 +1,194 @@
+"""Pictures from a trained Glow: `python -m glow_tf.sample --model_dir=RUN --mode=grid`.
+
+Modes: grid (samples at several temperatures), reconstruct (test images next to
+decode(encode(x))), interpolate (between pairs of test images, every level's
+latent), class (one row per class, class-conditional models), manipulate (the
+paper's attribute manipulation; on labelled data the attribute is a class pair,
+--from_class -> --to_class). PNGs go to --output_dir (default RUN/figures).
+"""
+
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from glow_tf import data, images, runs, sample_lib
+from glow_tf.sample_lib import SampleError
+
+FLAGS = flags.FLAGS
+
+MODES = ('grid', 'reconstruct', 'interpolate', 'class', 'manipulate')
+flags.DEFINE_string('model_dir', None, 'Run directory written by glow_tf.train.')
+flags.DEFINE_enum('mode', 'grid', list(MODES), 'What to draw.')
+flags.DEFINE_string('output_dir', None, 'Where PNGs go. Default: <model_dir>/figures.')
+flags.DEFINE_list('temperatures', ['0', '0.5', '0.7', '0.85', '1.0'], 'grid: temperatures.')
+flags.DEFINE_float('temperature', 0.7, 'class: sampling temperature.', lower_bound=0.0)
+flags.DEFINE_integer('grid_size', 8, 'grid: N for an N x N grid per temperature.', lower_bound=1)
+flags.DEFINE_integer(
+  'num_images', 8, 'reconstruct, manipulate: test images; interpolate: pairs.', lower_bound=1
+)
+flags.DEFINE_integer('steps', 9, 'interpolate: frames per strip, ends included.', lower_bound=2)
+flags.DEFINE_enum(
+  'interpolation',
+  'both',
+  ['linear', 'spherical', 'both'],
+  'interpolate: how latents are interpolated.',
+)
+flags.DEFINE_list('classes', None, 'class: classes to draw (default: all).')
+flags.DEFINE_integer('per_class', 8, 'class: samples per class.', lower_bound=1)
+flags.DEFINE_integer(
+  'from_class', 3, 'manipulate: images of this class are edited, and the direction starts here.'
+)
+flags.DEFINE_integer('to_class', 8, 'manipulate: the direction points to this class.')
+flags.DEFINE_list(
+  'alphas',
+  ['-1', '-0.5', '0', '0.5', '1', '1.5', '2'],
+  "manipulate: multiples of the direction added to each image's latents.",
+)
+flags.DEFINE_integer('seed', 0, 'Seed of the samples.')
+flags.DEFINE_bool('averaged', True, 'Use the Polyak-averaged weights (as evaluation does).')
+flags.mark_flag_as_required('model_dir')
+
+
+def _floats(name, values):
+  try:
+    return [float(v) for v in values]
+  except ValueError as e:
+    raise SampleError(f'--{name} must be numbers; got {",".join(values)!r}.') from e
+
+
+def _test_images(run: runs.Run, count: int, label=None):
+  """Up to `count` test images (bin centres) and labels, optionally of one class."""
+  source = data.load(
+    run.config.dataset, run.config.data_dir, False, run.config.n_bits, run.config.image_size
+  )
+  split = source.test if source.num_test else source.train
+  if label is not None:
+    if source.num_classes is None or not 0 <= label < source.num_classes:
+      classes = 'no labels' if source.num_classes is None else f'0..{source.num_classes - 1}'
+      raise SampleError(f'class {label} is not in the data of {run.model_dir!r} ({classes}).')
+    split = split.filter(lambda _, y: tf.equal(y, label))
+  pixels, labels = [], []
+  for image, y in split.take(count):
+    pixels.append(image.numpy())
+    labels.append(int(y))
+  if not pixels:
+    raise SampleError(
+      f'no test images{"" if label is None else f" of class {label}"} in {run.config.dataset!r}.'
+    )
+  x = data.centre(np.stack(pixels), run.num_bins)
+  label_tensor = tf.constant(labels, tf.int32) if run.num_classes else None
+  return x, label_tensor
+
+
+def _write(output_dir, name, picture):
+  return images.write_png(os.path.join(output_dir, name), picture)
+
+
+def draw(run: runs.Run, mode: str, output_dir: str):
+  """Writes the PNGs of `mode`; returns (paths, one line of figures for the user)."""
+  flow, num_bins = run.flow, run.num_bins
+  if mode == 'grid':
+    temperatures = _floats('temperatures', FLAGS.temperatures)
+    if not temperatures or min(temperatures) < 0:
+      raise SampleError(f'--temperatures must be >= 0 and not empty; got {temperatures}.')
+    num = FLAGS.grid_size**2
+    label = tf.range(num) % run.num_classes if run.num_classes else None
+    paths = [
+      _write(
+        output_dir,
+        f'grid_t{t:g}.png',
+        sample_lib.sample_grid(flow, num_bins, t, num, FLAGS.seed, label),
+      )
+      for t in temperatures
+    ]
+    return paths, f'{len(paths)} grids of {num} samples'
+  if mode == 'reconstruct':
+    x, label = _test_images(run, FLAGS.num_images)
+    x_back, error = sample_lib.reconstruct(flow, x, label)
+    picture = sample_lib.sheet(tf.concat([x, x_back], 0), num_bins, int(x.shape[0]))
+    return (
+      [_write(output_dir, 'reconstruct.png', picture)],
+      f'max |x - decode(encode(x))| = {error:.3g} (pixel units [0, 1])',
+    )
+  if mode == 'interpolate':
+    x, label = _test_images(run, 2 * FLAGS.num_images)
+    if int(x.shape[0]) < 2:
+      raise SampleError('interpolate needs at least two test images.')
+    pairs = int(x.shape[0]) // 2
+    methods = ['linear', 'spherical'] if FLAGS.interpolation == 'both' else [FLAGS.interpolation]
+    paths = []
+    for method in methods:
+      frames = sample_lib.interpolate(
+        flow,
+        x[:pairs],
+        x[pairs : 2 * pairs],
+        FLAGS.steps,
+        method,
+        None if label is None else label[:pairs],
+        None if label is None else label[pairs:],
+      )
+      for i in range(pairs):
+        paths.append(
+          _write(
+            output_dir,
+            f'interpolate_{method}_{i}.png',
+            sample_lib.sheet(frames[:, i], num_bins, FLAGS.steps),
+          )
+        )
+    return paths, f'{pairs} pairs x {len(methods)} interpolation(s), {FLAGS.steps} frames'
+  if mode == 'class':
+    if not run.num_classes:
+      raise SampleError(
+        f'--mode=class needs a class-conditional model; {run.model_dir!r} was '
+        'trained without --class_conditional.'
+      )
+    try:
+      classes = [int(c) for c in FLAGS.classes] if FLAGS.classes else list(range(run.num_classes))
+    except ValueError as e:
+      raise SampleError(f'--classes must be integers; got {",".join(FLAGS.classes)!r}.') from e
+    rows = sample_lib.class_samples(flow, classes, FLAGS.per_class, FLAGS.temperature, FLAGS.seed)
+    picture = sample_lib.sheet(tf.reshape(rows, [-1, *rows.shape[2:]]), num_bins, FLAGS.per_class)
+    return [_write(output_dir, 'classes.png', picture)], f'{len(classes)} classes'
+  alphas = _floats('alphas', FLAGS.alphas)
+  if not alphas:
+    raise SampleError('--alphas is empty; give at least one multiple, e.g. 0,1.')
+  x_from, label_from = _test_images(run, 10_000, FLAGS.from_class)
+  x_to, label_to = _test_images(run, 10_000, FLAGS.to_class)
+  vector = sample_lib.manipulation_vector(flow, x_to, x_from, label_to, label_from)
+  count = min(FLAGS.num_images, int(x_from.shape[0]))
+  frames = sample_lib.manipulate(
+    flow, x_from[:count], vector, alphas, None if label_from is None else label_from[:count]
+  )
+  paths = [
+    _write(output_dir, f'manipulate_{i}.png', sample_lib.sheet(frames[:, i], num_bins, len(alphas)))
+    for i in range(count)
+  ]
+  return paths, (
+    f'direction class {FLAGS.from_class} -> {FLAGS.to_class} from '
+    f'{int(x_from.shape[0])} and {int(x_to.shape[0])} test images; alphas {alphas}'
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  try:
+    run = runs.load_run(FLAGS.model_dir, averaged=FLAGS.averaged)
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, 'figures')
+    paths, summary = draw(run, FLAGS.mode, output_dir)
+  except (runs.RunError, data.DataError, SampleError) as e:
+    print(f'glow_tf.sample: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f'{FLAGS.mode}: {summary}; wrote {len(paths)} PNG(s) to {output_dir}')
+
+
+def run():
+  logging.set_verbosity(logging.WARNING)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
