@@ -100,6 +100,49 @@ class ActNormLayer(tf.Module):
     self.initialized.assign(True)
 
 
+def _conv_by_taps(x, kernel):
+  """3x3 'SAME' conv as one matrix product to all 9 taps, then a shift-and-add of the taps."""
+  size, _, in_channels, out_channels = kernel.shape
+  height, width = tf.shape(x)[1], tf.shape(x)[2]
+  taps = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [in_channels, size * size * out_channels])
+  products = tf.reshape(
+    tf.reshape(x, [-1, in_channels]) @ taps,
+    tf.concat([tf.shape(x)[:3], [size * size * out_channels]], 0),
+  )
+  half = size // 2
+  products = tf.pad(products, [[0, 0], [half, half], [half, half], [0, 0]])
+  tap_outputs = [
+    products[
+      :,
+      dy : dy + height,
+      dx : dx + width,
+      (dy * size + dx) * out_channels : (dy * size + dx + 1) * out_channels,
+    ]
+    for dy in range(size)
+    for dx in range(size)
+  ]
+  return tf.add_n(tap_outputs)
+
+
+def conv2d_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """Stride-1 'SAME' convolution of `[N, H, W, C]` images, in its fastest CPU formulation.
+
+  The same function three ways, chosen by shape (measured on 2 CPU cores, forward
+  + backward, with glow_tf's shapes): a 1x1 kernel is a matrix product over
+  channels (MatMul's gradients beat Conv2D's at small spatial sizes); a 3x3
+  kernel whose output is narrow (9 * C_out <= C_in, e.g. Glow's last coupling
+  layer, 400 -> 12) is one wide matrix product to the 9 taps and a shift-add
+  (2x faster than Conv2D there); anything else is Conv2D.
+  """
+  size, _, in_channels, out_channels = kernel.shape
+  if size == 1:
+    flat = tf.reshape(x, [-1, in_channels]) @ tf.reshape(kernel, [in_channels, out_channels])
+    return tf.reshape(flat, tf.concat([tf.shape(x)[:3], [out_channels]], 0))
+  if size * size * out_channels <= in_channels:
+    return _conv_by_taps(x, kernel)
+  return tf.nn.conv2d(x, kernel, strides=1, padding='SAME')
+
+
 class Conv2D(tf.Module):
   """'SAME' convolution without bias (an ActNorm follows it); weights ~ N(0, 0.05²)."""
 
@@ -122,8 +165,10 @@ class Conv2D(tf.Module):
         name='kernel',
       )
 
-  def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    return tf.nn.conv2d(x, self.kernel, strides=1, padding='SAME')
+  def __call__(self, x: tf.Tensor, scale=None) -> tf.Tensor:
+    """conv(x); with `scale` (per output channel), conv(x) * scale, folded into the kernel."""
+    kernel = self.kernel if scale is None else self.kernel * scale
+    return conv2d_same(x, kernel)
 
 
 class ZeroConv2D(tf.Module):
@@ -150,8 +195,8 @@ class ZeroConv2D(tf.Module):
       self.logs = tf.Variable(tf.zeros([out_channels], dtype), name='logs')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    y = tf.nn.conv2d(x, self.kernel, strides=1, padding='SAME') + self.bias
-    return y * tf.exp(LOGSCALE_FACTOR * self.logs)
+    scale = tf.exp(LOGSCALE_FACTOR * self.logs)  # Folded: conv(x, W * s) + b * s.
+    return tf.nn.bias_add(conv2d_same(x, self.kernel * scale), self.bias * scale)
 
 
 class CouplingNetwork(tf.Module):
@@ -179,9 +224,17 @@ class CouplingNetwork(tf.Module):
     return apply_to_images(self._call, x)
 
   def _call(self, x):
-    h = tf.nn.relu(self.actnorm_in(self.conv_in(x)))
-    h = tf.nn.relu(self.actnorm_hidden(self.conv_hidden(h)))
+    h = _conv_actnorm_relu(x, self.conv_in, self.actnorm_in)
+    h = _conv_actnorm_relu(h, self.conv_hidden, self.actnorm_hidden)
     return self.conv_out(h)
+
+
+def _conv_actnorm_relu(x, conv: Conv2D, actnorm: ActNormLayer):
+  """relu(actnorm(conv(x))), with ActNorm's scale folded into the kernel:
+  relu(conv(x, W * s) + b), one pass over the wide activation instead of three."""
+  if getattr(_ddi, 'active', False) and not actnorm.is_initialized():
+    actnorm.initialize(conv(x))
+  return tf.nn.relu(tf.nn.bias_add(conv(x, scale=tf.exp(actnorm.log_scale)), actnorm.shift))
 
 
 class ClassifierHead(tf.Module):

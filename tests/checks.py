@@ -190,3 +190,11 @@ class BijectorContract:
     bijector = self.make(tf.float32)
     with pytest.raises(ValueError, match=r'expects.*got'):
       bijector.forward(tf.zeros(self.event_shape[1:]), **self.kwargs(1))
+
+
+def variable_reads(graph, variable) -> int:
+  """How many ReadVariableOps of `variable` a traced FuncGraph holds."""
+  handles = [internal for external, internal in graph.captures if external is variable.handle]
+  return sum(
+    consumer.type == 'ReadVariableOp' for handle in handles for consumer in handle.consumers()
+  )

@@ -186,9 +186,11 @@ def test_log_prob_graph_runs_each_network_once():
   flow = glow_tf.build_glow(config)
   log_prob = tf.function(flow.log_prob, input_signature=[tf.TensorSpec([None, 8, 8, 2])])
   graph = log_prob.get_concrete_function().graph
-  convs = sum(op.type == 'Conv2D' for op in graph.get_operations())
-  # Per step: the 1x1 convolution and the coupling network's three; one per split prior.
-  assert convs == 4 * config.levels * config.depth + (config.levels - 1)
+  networks = [m for m in flow.submodules if isinstance(m, (nn.CouplingNetwork, nn.ZeroConv2D))]
+  assert len(networks) == 2 * config.levels * config.depth + (config.levels - 1)
+  for network in networks:
+    kernel = network.conv_in.kernel if isinstance(network, nn.CouplingNetwork) else network.kernel
+    assert checks.variable_reads(graph, kernel) == 1
 
 
 def test_actnorm_init_normalises_every_flow_actnorm_input():

@@ -1,6 +1,7 @@
 """Tests of glow_tf.nn."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from glow_tf import nn
@@ -40,3 +41,25 @@ def test_classifier_head_uses_spatial_mean():
   z = tf.random.normal([2, 2, 2, 4])
   expected = tf.reduce_mean(z, [1, 2]) @ head.kernel
   np.testing.assert_allclose(head(z), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('size, cin, cout', [(1, 16, 8), (3, 40, 4), (3, 4, 40), (3, 9, 1)])
+def test_conv2d_same_equals_tf_conv2d_in_every_formulation(size, cin, cout):
+  x = tf.random.normal([2, 5, 6, cin], seed=1)
+  kernel = tf.random.normal([size, size, cin, cout], seed=2)
+  expected = tf.nn.conv2d(x, kernel, strides=1, padding='SAME')
+  np.testing.assert_allclose(nn.conv2d_same(x, kernel), expected, rtol=1e-4, atol=1e-4)
+  dynamic = tf.function(
+    nn.conv2d_same,
+    input_signature=[
+      tf.TensorSpec([None, None, None, cin]),
+      tf.TensorSpec([size, size, cin, cout]),
+    ],
+  )
+  np.testing.assert_allclose(dynamic(x, kernel), expected, rtol=1e-4, atol=1e-4)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([x, kernel])
+    ours = tf.reduce_sum(nn.conv2d_same(x, kernel) ** 2)
+    theirs = tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, 'SAME') ** 2)
+  for a, b in zip(tape.gradient(ours, [x, kernel]), tape.gradient(theirs, [x, kernel])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
