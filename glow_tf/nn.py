@@ -100,6 +100,12 @@ class ActNormLayer(tf.Module):
     self.initialized.assign(True)
 
 
+def dims(x: tf.Tensor):
+  """The dims of `x`: Python ints where static, scalar tensors where not (no shape ops
+  are created for what is known)."""
+  return [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape.as_list())]
+
+
 def _conv_by_taps(x, kernel):
   """3x3 'SAME' conv as one matrix product to all 9 taps, then a shift-and-add of the taps."""
   size, _, in_channels, out_channels = kernel.shape
@@ -137,7 +143,8 @@ def conv2d_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
   size, _, in_channels, out_channels = kernel.shape
   if size == 1:
     flat = tf.reshape(x, [-1, in_channels]) @ tf.reshape(kernel, [in_channels, out_channels])
-    return tf.reshape(flat, tf.concat([tf.shape(x)[:3], [out_channels]], 0))
+    batch, height, width, _ = dims(x)
+    return tf.reshape(flat, [batch, height, width, out_channels])
   if size * size * out_channels <= in_channels:
     return _conv_by_taps(x, kernel)
   return tf.nn.conv2d(x, kernel, strides=1, padding='SAME')

@@ -84,23 +84,22 @@ class Optimizer(tf.Module):
   def apply(self, grads: Sequence[tf.Tensor], learning_rate) -> None:
     """One step with `grads` at `learning_rate` (call it inside the caller's finite-check)."""
     t = tf.cast(self.iterations.read_value() + 1, tf.float32)
+    scalars = {}  # Per dtype, computed once for every variable of the step.
     for var, grad, m, v in zip(self._variables, grads, self.first_moments, self.second_moments):
-      dtype = var.dtype
-      common = dict(
-        var=var.handle,
-        m=m.handle,
-        v=v.handle,
-        beta1_power=tf.cast(tf.pow(self.beta_1, t), dtype),
-        lr=tf.cast(learning_rate, dtype),
-        beta1=tf.constant(self.beta_1, dtype),
-        beta2=tf.constant(self.beta_2, dtype),
-        epsilon=tf.constant(self.epsilon, dtype),
-        grad=grad,
+      if var.dtype not in scalars:
+        cast = lambda value, dtype=var.dtype: tf.cast(value, dtype)
+        scalars[var.dtype] = dict(
+          beta1_power=cast(tf.pow(self.beta_1, t)),
+          lr=cast(learning_rate),
+          beta1=cast(self.beta_1),
+          beta2=cast(self.beta_2),
+          epsilon=cast(self.epsilon),
+          **({'beta2_power': cast(tf.pow(self.beta_2, t))} if self.kind == 'adam' else {}),
+        )
+      apply_op = (
+        tf.raw_ops.ResourceApplyAdam if self.kind == 'adam' else tf.raw_ops.ResourceApplyAdaMax
       )
-      if self.kind == 'adam':
-        tf.raw_ops.ResourceApplyAdam(beta2_power=tf.cast(tf.pow(self.beta_2, t), dtype), **common)
-      else:
-        tf.raw_ops.ResourceApplyAdaMax(**common)
+      apply_op(var=var.handle, m=m.handle, v=v.handle, grad=grad, **scalars[var.dtype])
     local_assign_add(self.iterations, 1)
 
 

@@ -9,14 +9,9 @@ from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 __all__ = ['Squeeze']
 
 
-def _dims(x):
-  """The dims of `x`: Python ints where static, scalar tensors where not."""
-  return [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape.as_list())]
-
-
 def _squeeze(x):
   """[N, H, W, C] -> [N, H/2, W/2, 4C], channel order (c, dy, dx) as in the official code."""
-  _, h, w, c = _dims(x)
+  _, h, w, c = nn.dims(x)
   x = tf.reshape(x, [-1, h // 2, 2, w // 2, 2, c])
   x = tf.transpose(x, [0, 1, 3, 5, 2, 4])
   return tf.reshape(x, [-1, h // 2, w // 2, 4 * c])
@@ -24,7 +19,7 @@ def _squeeze(x):
 
 def _unsqueeze(y):
   """[N, H/2, W/2, 4C] -> [N, H, W, C], the inverse of `_squeeze`."""
-  _, h, w, c4 = _dims(y)
+  _, h, w, c4 = nn.dims(y)
   y = tf.reshape(y, [-1, h, w, c4 // 4, 2, 2])
   y = tf.transpose(y, [0, 1, 4, 2, 5, 3])
   return tf.reshape(y, [-1, 2 * h, 2 * w, c4 // 4])
