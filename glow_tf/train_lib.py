@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from glow_tf import data, images, optim, sample_lib
+from glow_tf import data, images, optim, reversible, sample_lib
 from glow_tf import flow as flow_lib
 
 __all__ = [
@@ -96,6 +96,7 @@ class TrainConfig:
   seed: int = 0
   strategy: str = 'default'
   jit_compile: bool = False
+  recompute: bool = False
   temperatures: tuple[float, ...] = (0.0, 0.5, 0.7, 0.85, 1.0)
   samples_per_temperature: int = 64
 
@@ -404,6 +405,18 @@ class Trainer:
     return loss, bpd
 
   def _grads_and_metrics(self, x, label):
+    if self.config.recompute:  # Reversible backward: memory does not grow with depth.
+      loss, bpd, grads = reversible.loss_and_gradients(
+        self.flow,
+        x,
+        self.source.num_bins,
+        self.variables,
+        label=label if self.classifier is not None else None,
+        classifier=self.classifier,
+        class_loss_weight=self.config.class_loss_weight,
+        loss_scale=1.0 / self.global_batch,
+      )
+      return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
     with tf.GradientTape() as tape:
       loss, bpd = self._per_example_losses(x, label)
       scaled = tf.reduce_sum(loss) / self.global_batch

@@ -181,3 +181,15 @@ def test_bad_config_is_named(changes, match):
 def test_image_size_not_divisible_by_2_to_the_levels(digits):
   with pytest.raises(train_lib.ConfigError, match=r'multiples of 2\*\*levels = 16'):
     TINY.replace(levels=4).model_config(digits)
+
+
+def test_recompute_gives_the_same_training_steps(tmp_path, digits):
+  plain = make_trainer(TINY, tmp_path / 'plain', digits)
+  recomputed = make_trainer(TINY.replace(recompute=True), tmp_path / 'recompute', digits)
+  plain_it, recomputed_it = plain.train_iterator(), recomputed.train_iterator()
+  for _ in range(3):
+    a, b = plain.train_step(plain_it), recomputed.train_step(recomputed_it)
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+    np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=1e-3)
+  for x, y in zip(plain.variables, recomputed.variables):
+    np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
