@@ -11,12 +11,14 @@ batches an uninterrupted run would, and every strategy (one device, mirrored,
 multi-worker) sees the same global batches.
 """
 
+import collections
 import dataclasses
 import math
 import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 __all__ = [
   'DataError',
@@ -201,9 +203,78 @@ def _load_tfds(name, data_dir, download, n_bits, image_size) -> DataSource:
   )
 
 
-def _load_folder(path, n_bits, image_size) -> DataSource:
-  import tensorflow_datasets as tfds
+BAD_FILE_POLICIES = ('skip', 'fail')
+_LISTED = 20  # Bad files named in a message; the rest are counted.
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'  # Then IHDR: length, type, width, height, bit depth.
 
+
+def _folder_split(root, split):
+  """Files and integer labels of `root/split/<label>/*`, labels in sorted order."""
+  directory = os.path.join(root, split)
+  labels = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+  files, ids = [], []
+  for index, label in enumerate(labels):
+    for name in sorted(os.listdir(os.path.join(directory, label))):
+      path = os.path.join(directory, label, name)
+      if os.path.isfile(path):
+        files.append(path)
+        ids.append(index)
+  return files, ids, labels
+
+
+def _inspect(path):
+  """`(height, width, channels)` of an 8-bit image file, or the reason it cannot be used."""
+  try:
+    contents = tf.io.read_file(path)
+    header = contents.numpy()[:25]
+    if header[:8] == _PNG_SIGNATURE and len(header) == 25 and header[24] == 16:
+      return '16-bit PNG where 8-bit images are expected'
+    image = tf.io.decode_image(contents, expand_animations=False, dtype=tf.uint8)
+  except (
+    tf.errors.InvalidArgumentError,
+    tf.errors.NotFoundError,
+    tf.errors.PermissionDeniedError,
+    tf.errors.UnimplementedError,
+  ) as e:
+    return f'unreadable or not an image ({type(e).__name__})'
+  return tuple(int(d) for d in image.shape)
+
+
+def _validated(files, ids, bad_files, root):
+  """Keeps the files that decode, in the most common channel count; logs or refuses the rest."""
+  shapes = {f: _inspect(f) for f in files}
+  channel_counts = collections.Counter(s[2] for s in shapes.values() if isinstance(s, tuple))
+  channels = channel_counts.most_common(1)[0][0] if channel_counts else None
+  bad = []
+  for f, shape in shapes.items():
+    if not isinstance(shape, tuple):
+      bad.append((f, shape))
+    elif shape[2] != channels:
+      bad.append((f, f"{shape[2]} channels where the folder's images have {channels}"))
+  if bad:
+    listing = '; '.join(f'{os.path.relpath(f, root)}: {why}' for f, why in bad[:_LISTED])
+    more = f' (and {len(bad) - _LISTED} more)' if len(bad) > _LISTED else ''
+    if bad_files == 'fail':
+      raise DataError(
+        f'{len(bad)} of {len(files)} files in {root!r} cannot be used: '
+        f'{listing}{more}. Fix or remove them, or pass --bad_files=skip.'
+      )
+    logging.warning(
+      'skipping %d of %d files in %s that cannot be used: %s%s',
+      len(bad),
+      len(files),
+      root,
+      listing,
+      more,
+    )
+  unusable = {f for f, _ in bad}
+  kept = [(f, i) for f, i in zip(files, ids) if f not in unusable]
+  return kept, {shapes[f][:2] for f, _ in kept}, channels, len(bad)
+
+
+def _load_folder(path, n_bits, image_size, bad_files) -> DataSource:
+  if bad_files not in BAD_FILE_POLICIES:
+    raise DataError(f'bad_files must be one of {BAD_FILE_POLICIES}; got {bad_files!r}.')
   if not os.path.isdir(path):
     raise DataError(f'image folder {path!r} does not exist or is not a directory.')
   subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
@@ -212,32 +283,56 @@ def _load_folder(path, n_bits, image_size) -> DataSource:
       f'image folder {path!r} needs the layout {path}/train/<label>/*.png (and '
       f'{path}/test/...); found subdirectories {subdirs}.'
     )
-  builder = tfds.ImageFolder(path)
-  splits = {'train': builder.as_dataset(split='train', shuffle_files=False)}
-  test_split = _test_split(builder.info.splits)
-  splits['test'] = (
-    builder.as_dataset(split=test_split, shuffle_files=False)
-    if test_split in builder.info.splits
-    else splits['train'].take(0)
-  )
-  shape = builder.info.features['image'].shape
+  splits, sizes, labels, channels = {}, set(), None, None
+  for split in ('train', 'test'):
+    if split not in subdirs:
+      splits[split] = []
+      continue
+    files, ids, names = _folder_split(path, split)
+    labels = labels or names
+    kept, split_sizes, split_channels, _ = _validated(files, ids, bad_files, path)
+    if channels is not None and split_channels not in (None, channels):
+      raise DataError(
+        f'the train and test images of {path!r} differ in mode: {channels} and '
+        f'{split_channels} channels.'
+      )
+    channels = channels or split_channels
+    splits[split], sizes = kept, sizes | split_sizes
+  if not splits['train']:
+    raise DataError(f'image folder {path!r} has no usable training images.')
   if image_size is None:
-    first = next(iter(splits['train']))['image']
-    image_size = int(first.shape[0]) if first.shape[0] == first.shape[1] else None
-    if image_size is None:
-      raise DataError(f'images in {path!r} are not square ({first.shape}); pass --image_size.')
-  sizes = {
-    k: builder.info.splits[k].num_examples for k in ('train', 'test') if k in builder.info.splits
-  }
-  num_classes = builder.info.features['label'].num_classes
+    square = {h for h, w in sizes if h == w}
+    if len(sizes) != 1 or not square:
+      raise DataError(
+        f'images in {path!r} have sizes {sorted(sizes)[:5]}; pass --image_size '
+        'to centre-crop and resize them to one square size.'
+      )
+    image_size = square.pop()
+
+  def dataset(kept):
+    files = [f for f, _ in kept]
+    ids = np.array([i for _, i in kept], np.int32)
+    files = tf.constant(files, tf.string, shape=[len(files)])  # Typed even when empty.
+    return tf.data.Dataset.from_tensor_slices((files, ids)).map(
+      lambda f, i: (
+        {
+          'image': tf.io.decode_image(
+            tf.io.read_file(f), channels=channels, expand_animations=False
+          ),
+          'label': i,
+        }
+      ),
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
   return _from_features(
     FOLDER_PREFIX + path,
-    splits,
-    shape,
+    {k: dataset(v) for k, v in splits.items()},
+    (None, None, channels),
     n_bits,
     image_size,
-    num_classes if num_classes > 1 else None,
-    sizes,
+    len(labels) if labels and len(labels) > 1 else None,
+    {k: len(v) for k, v in splits.items()},
   )
 
 
@@ -247,6 +342,7 @@ def load(
   download: bool = False,
   n_bits: int | None = None,
   image_size: int | None = None,
+  bad_files: str = 'skip',
 ) -> DataSource:
   """Loads `dataset`: 'digits', 'folder:PATH', or a TFDS name.
 
@@ -258,6 +354,9 @@ def load(
       unprepared dataset fails at once with a clear error.
     n_bits: reduce 8-bit images to `2**n_bits` levels (default 8).
     image_size: centre-crop to square and resize to this size.
+    bad_files: for image folders, what to do with files that are unreadable, not
+      images, not 8-bit, or of another channel count than most: 'skip' them
+      (logged with their names) or 'fail' with the list.
 
   Raises:
     DataError: for anything that makes the dataset unusable, with the reason.
@@ -270,7 +369,7 @@ def load(
     source = _load_digits(n_bits, image_size)
   elif dataset.startswith(FOLDER_PREFIX):
     source = _load_folder(
-      dataset[len(FOLDER_PREFIX) :], 8 if n_bits is None else n_bits, image_size
+      dataset[len(FOLDER_PREFIX) :], 8 if n_bits is None else n_bits, image_size, bad_files
     )
   else:
     source = _load_tfds(dataset, data_dir, download, 8 if n_bits is None else n_bits, image_size)

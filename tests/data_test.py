@@ -156,3 +156,55 @@ def test_split_smaller_than_a_batch_is_refused(tmp_path):
 def test_bad_arguments_are_named(kwargs, match):
   with pytest.raises(data.DataError, match=match):
     data.load('digits', **kwargs)
+
+
+def write_bad_files(root):
+  """Next to the good images: a corrupt PNG, a text file, an RGBA and a 16-bit image."""
+  label_dir = os.path.join(root, 'train', 'a')
+  with open(os.path.join(label_dir, 'corrupt.png'), 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + os.urandom(64))
+  with open(os.path.join(label_dir, 'notes.txt'), 'w') as f:
+    f.write('not an image')
+  rgba = np.zeros([8, 8, 4], np.uint8)
+  tf.io.write_file(os.path.join(label_dir, 'rgba.png'), tf.io.encode_png(rgba))
+  deep = np.zeros([8, 8, 3], np.uint16)
+  tf.io.write_file(os.path.join(label_dir, 'deep.png'), tf.io.encode_png(deep))
+  return ['corrupt.png', 'deep.png', 'notes.txt', 'rgba.png']
+
+
+def test_bad_files_in_a_folder_are_skipped_counted_and_named(tmp_path, caplog):
+  root = write_folder(str(tmp_path / 'images'))
+  bad = write_bad_files(root)
+  with caplog.at_level('WARNING'):
+    source = data.load(f'folder:{root}')
+  assert source.num_train == 6  # the good images only
+  message = ' '.join(r.getMessage() for r in caplog.records)
+  assert 'skipping 4 of 10 files' in message
+  for name in bad:
+    assert name in message
+  assert 'rgba.png: 4 channels' in message
+  labels = [int(y) for _, y in source.train]
+  assert len(labels) == 6  # and every one decodes in the pipeline
+
+
+def test_bad_files_can_be_refused_up_front_with_their_list(tmp_path):
+  root = write_folder(str(tmp_path / 'images'))
+  write_bad_files(root)
+  with pytest.raises(data.DataError, match=r'4 of 10 files .* cannot be used: .*corrupt\.png'):
+    data.load(f'folder:{root}', bad_files='fail')
+
+
+def test_a_folder_of_only_bad_files_is_an_empty_dataset_error(tmp_path):
+  root = tmp_path / 'images'
+  os.makedirs(root / 'train' / 'a')
+  (root / 'train' / 'a' / 'x.png').write_bytes(b'not a png')
+  with pytest.raises(data.DataError, match='has no usable training images'):
+    data.load(f'folder:{root}')
+
+
+def test_folder_images_of_several_sizes_need_image_size(tmp_path):
+  root = write_folder(str(tmp_path / 'images'), splits=('train',))
+  write_folder(str(tmp_path / 'images'), splits=('train',), labels=('c',), size=(6, 10))
+  with pytest.raises(data.DataError, match=r'have sizes .* pass --image_size'):
+    data.load(f'folder:{root}')
+  assert data.load(f'folder:{root}', image_size=4).image_shape == (4, 4, 3)
