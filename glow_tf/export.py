@@ -5,11 +5,9 @@ serving_default/log_prob, log_prob_float, sample, encode and decode; it loads wi
 TensorFlow alone (see glow_tf/export_lib.py for the exact preprocessing).
 """
 
-import sys
-
 from absl import app, flags, logging
 
-from glow_tf import export_lib, runs
+from glow_tf import cli, export_lib
 
 FLAGS = flags.FLAGS
 
@@ -25,11 +23,11 @@ flags.mark_flags_as_required(['model_dir', 'export_dir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    facts = export_lib.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, FLAGS.tflite)
-  except (runs.RunError, export_lib.ExportError) as e:
-    print(f'glow_tf.export: error: {e}', file=sys.stderr)
-    sys.exit(2)
+  cli.run_main('glow_tf.export', export)
+
+
+def export() -> None:
+  facts = export_lib.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, FLAGS.tflite)
   print(
     f'{facts["export_dir"]}: SavedModel of {facts["checkpoint"]} (step {facts["step"]}), '
     f'signatures {", ".join(facts["signatures"])}'

@@ -4,15 +4,16 @@ the Polyak-averaged weights of its latest checkpoint."""
 import dataclasses
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from glow_tf import data, nn, optim, train_lib
 from glow_tf import flow as flow_lib
-from glow_tf import nn, optim, train_lib
 
 tfd = tfp.distributions
 
-__all__ = ['Run', 'RunError', 'load_run']
+__all__ = ['Run', 'RunError', 'load_run', 'test_images']
 
 
 class RunError(ValueError):
@@ -99,3 +100,33 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     latest,
     int(step.numpy()),
   )
+
+
+def test_images(run: Run, count: int, label: int | None = None):
+  """Up to `count` test images of the run's data (bin centres), optionally of one class.
+
+  Returns `(x, labels)`: `x` float `[N, H, W, C]` in model space; `labels` int32 `[N]`
+  for class-conditional models, else None.
+
+  Raises:
+    RunError: if the class is not in the data or no image matches.
+  """
+  config = run.config
+  source = data.load(
+    config.dataset, config.data_dir, False, config.n_bits, config.image_size, config.bad_files
+  )
+  split = source.test if source.num_test else source.train
+  if label is not None:
+    if source.num_classes is None or not 0 <= label < source.num_classes:
+      classes = 'no labels' if source.num_classes is None else f'0..{source.num_classes - 1}'
+      raise RunError(f'class {label} is not in the data of {run.model_dir!r} ({classes}).')
+    split = split.filter(lambda _, y: tf.equal(y, label))
+  pixels, labels = [], []
+  for image, y in split.take(count):
+    pixels.append(image.numpy())
+    labels.append(int(y))
+  if not pixels:
+    which = '' if label is None else f' of class {label}'
+    raise RunError(f'no test images{which} in {config.dataset!r}.')
+  x = data.centre(np.stack(pixels), run.num_bins)
+  return x, tf.constant(labels, tf.int32) if run.num_classes else None

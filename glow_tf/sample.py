@@ -8,13 +8,11 @@ paper's attribute manipulation; on labelled data the attribute is a class pair,
 """
 
 import os
-import sys
 
-import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from glow_tf import data, images, runs, sample_lib
+from glow_tf import cli, images, runs, sample_lib
 from glow_tf.sample_lib import SampleError
 
 FLAGS = flags.FLAGS
@@ -59,30 +57,6 @@ def _floats(name, values):
     raise SampleError(f'--{name} must be numbers; got {",".join(values)!r}.') from e
 
 
-def _test_images(run: runs.Run, count: int, label=None):
-  """Up to `count` test images (bin centres) and labels, optionally of one class."""
-  source = data.load(
-    run.config.dataset, run.config.data_dir, False, run.config.n_bits, run.config.image_size
-  )
-  split = source.test if source.num_test else source.train
-  if label is not None:
-    if source.num_classes is None or not 0 <= label < source.num_classes:
-      classes = 'no labels' if source.num_classes is None else f'0..{source.num_classes - 1}'
-      raise SampleError(f'class {label} is not in the data of {run.model_dir!r} ({classes}).')
-    split = split.filter(lambda _, y: tf.equal(y, label))
-  pixels, labels = [], []
-  for image, y in split.take(count):
-    pixels.append(image.numpy())
-    labels.append(int(y))
-  if not pixels:
-    raise SampleError(
-      f'no test images{"" if label is None else f" of class {label}"} in {run.config.dataset!r}.'
-    )
-  x = data.centre(np.stack(pixels), run.num_bins)
-  label_tensor = tf.constant(labels, tf.int32) if run.num_classes else None
-  return x, label_tensor
-
-
 def _write(output_dir, name, picture):
   return images.write_png(os.path.join(output_dir, name), picture)
 
@@ -106,7 +80,7 @@ def draw(run: runs.Run, mode: str, output_dir: str):
     ]
     return paths, f'{len(paths)} grids of {num} samples'
   if mode == 'reconstruct':
-    x, label = _test_images(run, FLAGS.num_images)
+    x, label = runs.test_images(run, FLAGS.num_images)
     x_back, error = sample_lib.reconstruct(flow, x, label)
     picture = sample_lib.sheet(tf.concat([x, x_back], 0), num_bins, int(x.shape[0]))
     return (
@@ -114,7 +88,7 @@ def draw(run: runs.Run, mode: str, output_dir: str):
       f'max |x - decode(encode(x))| = {error:.3g} (pixel units [0, 1])',
     )
   if mode == 'interpolate':
-    x, label = _test_images(run, 2 * FLAGS.num_images)
+    x, label = runs.test_images(run, 2 * FLAGS.num_images)
     if int(x.shape[0]) < 2:
       raise SampleError('interpolate needs at least two test images.')
     pairs = int(x.shape[0]) // 2
@@ -155,8 +129,8 @@ def draw(run: runs.Run, mode: str, output_dir: str):
   alphas = _floats('alphas', FLAGS.alphas)
   if not alphas:
     raise SampleError('--alphas is empty; give at least one multiple, e.g. 0,1.')
-  x_from, label_from = _test_images(run, 10_000, FLAGS.from_class)
-  x_to, label_to = _test_images(run, 10_000, FLAGS.to_class)
+  x_from, label_from = runs.test_images(run, 10_000, FLAGS.from_class)
+  x_to, label_to = runs.test_images(run, 10_000, FLAGS.to_class)
   vector = sample_lib.manipulation_vector(flow, x_to, x_from, label_to, label_from)
   count = min(FLAGS.num_images, int(x_from.shape[0]))
   frames = sample_lib.manipulate(
@@ -175,13 +149,13 @@ def draw(run: runs.Run, mode: str, output_dir: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    run = runs.load_run(FLAGS.model_dir, averaged=FLAGS.averaged)
-    output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, 'figures')
-    paths, summary = draw(run, FLAGS.mode, output_dir)
-  except (runs.RunError, data.DataError, SampleError) as e:
-    print(f'glow_tf.sample: error: {e}', file=sys.stderr)
-    sys.exit(2)
+  cli.run_main('glow_tf.sample', sample)
+
+
+def sample() -> None:
+  run = runs.load_run(FLAGS.model_dir, averaged=FLAGS.averaged)
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, 'figures')
+  paths, summary = draw(run, FLAGS.mode, output_dir)
   print(f'{FLAGS.mode}: {summary}; wrote {len(paths)} PNG(s) to {output_dir}')
 
 

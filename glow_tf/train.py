@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags, logging
 
-from glow_tf import data, optim, train_lib
+from glow_tf import cli, data, optim, train_lib
 from glow_tf import flow as flow_lib
 
 FLAGS = flags.FLAGS
@@ -49,6 +49,13 @@ flags.DEFINE_integer(
   "Bits per value for 8-bit datasets (5 for the paper's CelebA-HQ).",
   lower_bound=1,
   upper_bound=8,
+)
+flags.DEFINE_enum(
+  'bad_files',
+  None,
+  list(data.BAD_FILE_POLICIES),
+  'folder: datasets: skip unreadable, corrupt or wrong-mode files (counted and logged), '
+  'or fail up front listing them.',
 )
 # Model.
 flags.DEFINE_integer('levels', None, 'L: number of scales.', lower_bound=1)
@@ -114,6 +121,18 @@ flags.DEFINE_bool(
   'from its output instead of storing activations (memory flat in depth, '
   '~1.4x compute).',
 )
+flags.DEFINE_integer(
+  'nonfinite_patience',
+  None,
+  'Halve the learning rate after this many consecutive non-finite steps.',
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  'max_nonfinite_steps',
+  None,
+  'Stop (keeping the last good checkpoint) after this many consecutive non-finite steps.',
+  lower_bound=1,
+)
 flags.DEFINE_list('temperatures', None, 'Temperatures of the sample grids, e.g. 0,0.7,1.')
 
 CONFIG_FLAGS = [f.name for f in dataclasses.fields(train_lib.TrainConfig)]
@@ -150,21 +169,27 @@ def configure_cpu_devices(count: int) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.run_main('glow_tf.train', train)
+
+
+def train() -> int:
+  """Trains from the flags; returns the exit status."""
   model_dir = FLAGS.model_dir or os.path.join('runs', FLAGS.preset)
+  config = config_from_flags()
+  if FLAGS.cpu_devices:
+    configure_cpu_devices(FLAGS.cpu_devices)
+  strategy = train_lib.make_strategy(config.strategy)
   try:
-    config = config_from_flags()
-    if FLAGS.cpu_devices:
-      configure_cpu_devices(FLAGS.cpu_devices)
-    strategy = train_lib.make_strategy(config.strategy)
     results = train_lib.train_and_evaluate(config, model_dir, strategy)
-  except (train_lib.ConfigError, data.DataError) as e:
-    print(f'glow_tf.train: error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except train_lib.TrainingStopped as e:
+    print(f'glow_tf.train: {e}', file=sys.stderr)
+    return e.exit_status
   print(
     f'{model_dir}: test bits/dim {results["test_bits_per_dim"]:.4f} at step '
     f'{results["step"]} (Polyak-averaged weights, {results["num_test"]} test images); '
     f'samples: {os.path.join(model_dir, "samples.png")}'
   )
+  return 0
 
 
 def run():

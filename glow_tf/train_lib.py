@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from glow_tf import data, images, optim, reversible, sample_lib
+from glow_tf import data, health, images, optim, reversible, sample_lib
 from glow_tf import flow as flow_lib
 
 __all__ = [
@@ -48,6 +50,26 @@ IDENTITY_FIELDS = (
   'class_conditional',
   'seed',
 )
+
+
+class TrainingStopped(Exception):
+  """Training ended early on purpose; the message says why and what was kept."""
+
+  exit_status = 1
+
+
+class Diverged(TrainingStopped):
+  """The loss stayed non-finite for `max_nonfinite_steps` consecutive steps."""
+
+  exit_status = 3
+
+
+class Interrupted(TrainingStopped):
+  """SIGTERM or SIGINT: a checkpoint was saved, then training stopped."""
+
+  def __init__(self, message, signal_number):
+    super().__init__(message)
+    self.exit_status = 128 + signal_number
 
 
 class ConfigError(ValueError):
@@ -88,6 +110,8 @@ class TrainConfig:
   ema_decay: float = 0.999
   init_batch_size: int = 256
   nonfinite_patience: int = 5
+  max_nonfinite_steps: int = 100
+  bad_files: str = 'skip'
   # Bookkeeping.
   eval_every: int = 500
   checkpoint_every: int = 500
@@ -114,6 +138,8 @@ class TrainConfig:
       ('eval_every', self.eval_every >= 1, '>= 1'),
       ('checkpoint_every', self.checkpoint_every >= 1, '>= 1'),
       ('nonfinite_patience', self.nonfinite_patience >= 1, '>= 1'),
+      ('max_nonfinite_steps', self.max_nonfinite_steps >= 1, '>= 1'),
+      ('bad_files', self.bad_files in data.BAD_FILE_POLICIES, f'one of {data.BAD_FILE_POLICIES}'),
       ('samples_per_temperature', self.samples_per_temperature >= 1, '>= 1'),
       ('class_loss_weight', self.class_loss_weight >= 0, '>= 0'),
       ('grad_clip_norm', self.grad_clip_norm >= 0, '>= 0 (0: no clipping)'),
@@ -442,10 +468,11 @@ class Trainer:
     optim.local_assign_add(self.step, 1)
     nonfinite = tf.cast(tf.logical_not(finite), tf.int64)
     optim.local_assign_add(self.nonfinite_total, nonfinite)
+    # Consecutive non-finite steps; every `nonfinite_patience` of them halve the rate.
     streak = (self.nonfinite_streak.read_value() + 1) * nonfinite
-    lower = streak >= self.config.nonfinite_patience
+    lower = (streak > 0) & (streak % self.config.nonfinite_patience == 0)
     optim.local_assign(self.lr_scale, tf.where(lower, 0.5, 1.0) * self.lr_scale.read_value())
-    optim.local_assign(self.nonfinite_streak, tf.where(lower, tf.zeros_like(streak), streak))
+    optim.local_assign(self.nonfinite_streak, streak)
     return dict(
       loss=loss_sum / self.global_batch,
       bpd=bpd_sum / self.global_batch,
@@ -537,7 +564,12 @@ def train_and_evaluate(
   """
   strategy = strategy or make_strategy(config.strategy)
   source = data.load(
-    config.dataset, config.data_dir, config.download, config.n_bits, config.image_size
+    config.dataset,
+    config.data_dir,
+    config.download,
+    config.n_bits,
+    config.image_size,
+    config.bad_files,
   )
   global_batch = config.global_batch_size(strategy.num_replicas_in_sync)
   if source.num_train < global_batch:
@@ -584,51 +616,9 @@ def train_and_evaluate(
       trainer.num_replicas,
       sum(int(np.prod(v.shape)) for v in trainer.variables),
     )
-  iterator = trainer.train_iterator()
   started = time.time()
-  last_log, last_log_step, bpd_values = time.time(), start_step, []
-  while int(trainer.step.numpy()) < config.train_steps:
-    metrics = trainer.train_step(iterator)
-    step = int(trainer.step.numpy())
-    if step == start_step + 1:  # Rates exclude the first step: tracing and compilation.
-      logging.info('first step took %.1f s (tracing and compilation)', time.time() - started)
-      last_log, last_log_step = time.time(), step
-    if metrics['finite']:
-      bpd_values.append(float(metrics['bpd']))
-    else:
-      logging.warning(
-        'step %d: non-finite loss or gradient; step skipped (%d so far, learning-rate scale %.3g)',
-        step,
-        int(trainer.nonfinite_total.numpy()),
-        float(trainer.lr_scale.numpy()),
-      )
-    now = time.time()
-    if now - last_log >= config.log_every_secs or step == config.train_steps:
-      rate = (step - last_log_step) / max(now - last_log, 1e-9)
-      mean_bpd = float(np.mean(bpd_values)) if bpd_values else float('nan')
-      logging.info(
-        'step %d/%d  train bits/dim %.3f  %.2f steps/s  ETA %s  (lr %.2e, grad '
-        'norm %.3g, non-finite %d)',
-        step,
-        config.train_steps,
-        mean_bpd,
-        rate,
-        _format_duration((config.train_steps - step) / max(rate, 1e-9)),
-        float(metrics['learning_rate']),
-        float(metrics['grad_norm']),
-        int(trainer.nonfinite_total.numpy()),
-      )
-      with writers['train'].as_default(step=step):
-        tf.summary.scalar('bits_per_dim', mean_bpd)
-        tf.summary.scalar('learning_rate', float(metrics['learning_rate']))
-        tf.summary.scalar('grad_norm', float(metrics['grad_norm']))
-        tf.summary.scalar('nonfinite_steps', int(trainer.nonfinite_total.numpy()))
-        tf.summary.scalar('steps_per_sec', rate)
-      last_log, last_log_step, bpd_values = now, step, []
-    if step % config.checkpoint_every == 0 and step < config.train_steps:
-      trainer.save()
-    if step % config.eval_every == 0 and step < config.train_steps:
-      _evaluate_and_sample(trainer, writers['test'], step, final=False)
+  with _stop_signals() as received:
+    _train_loop(trainer, writers, start_step, received)
   final_step = int(trainer.step.numpy())
   if trainer.manager.latest_checkpoint is None or not trainer.manager.latest_checkpoint.endswith(
     f'-{final_step}'
@@ -655,12 +645,115 @@ def train_and_evaluate(
   return results
 
 
+@contextlib.contextmanager
+def _stop_signals():
+  """Records SIGTERM/SIGINT instead of dying at once, so the loop can save and stop."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  handler = lambda number, frame: received.append(number)  # noqa: E731
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for number, old in previous.items():
+      signal.signal(number, old)
+
+
+def _train_loop(trainer: Trainer, writers, start_step: int, received) -> None:
+  """Steps until `train_steps`, logging, checkpointing and evaluating on the way.
+
+  Stops early, with a clear message, on a signal (after saving a checkpoint) or
+  when the loss stays non-finite for `max_nonfinite_steps` steps (keeping the
+  last checkpoint, whose weights no skipped step has touched).
+  """
+  config = trainer.config
+  iterator = trainer.train_iterator()
+  started = last_log = time.time()
+  last_log_step, bpd_values = start_step, []
+  while int(trainer.step.numpy()) < config.train_steps:
+    metrics = trainer.train_step(iterator)
+    step = int(trainer.step.numpy())
+    if step == start_step + 1:  # Rates exclude the first step: tracing and compilation.
+      logging.info('first step took %.1f s (tracing and compilation)', time.time() - started)
+      last_log, last_log_step = time.time(), step
+    if metrics['finite']:
+      bpd_values.append(float(metrics['bpd']))
+    else:
+      streak = int(trainer.nonfinite_streak.numpy())
+      logging.warning(
+        'step %d: non-finite loss or gradient; step skipped (%d in a row, %d in '
+        'all; learning-rate scale %.3g)',
+        step,
+        streak,
+        int(trainer.nonfinite_total.numpy()),
+        float(trainer.lr_scale.numpy()),
+      )
+      if streak >= config.max_nonfinite_steps:
+        kept = trainer.manager.latest_checkpoint or 'none yet'
+        raise Diverged(
+          f'stopped at step {step}: the loss or its gradient was non-finite for '
+          f'{streak} consecutive steps (max_nonfinite_steps); last good checkpoint '
+          f'kept: {kept}.'
+        )
+    now = time.time()
+    if now - last_log >= config.log_every_secs or step == config.train_steps:
+      rate = (step - last_log_step) / max(now - last_log, 1e-9)
+      _log_progress(trainer, writers['train'], metrics, bpd_values, rate)
+      last_log, last_log_step, bpd_values = now, step, []
+    if received:
+      path = trainer.save()
+      raise Interrupted(
+        f'{signal.Signals(received[0]).name} at step {step}: saved {path}; '
+        'rerun the same command to resume.',
+        received[0],
+      )
+    # No checkpoint in a non-finite streak: the last good one must not rotate out.
+    if step % config.checkpoint_every == 0 and step < config.train_steps and metrics['finite']:
+      trainer.save()
+    if step % config.eval_every == 0 and step < config.train_steps:
+      _evaluate_and_sample(trainer, writers['test'], step, final=False)
+
+
+def _log_progress(trainer: Trainer, writer, metrics, bpd_values, rate: float) -> None:
+  config, step = trainer.config, int(trainer.step.numpy())
+  mean_bpd = float(np.mean(bpd_values)) if bpd_values else float('nan')
+  logging.info(
+    'step %d/%d  train bits/dim %.3f  %.2f steps/s  ETA %s  (lr %.2e, grad norm '
+    '%.3g, non-finite %d)',
+    step,
+    config.train_steps,
+    mean_bpd,
+    rate,
+    _format_duration((config.train_steps - step) / max(rate, 1e-9)),
+    float(metrics['learning_rate']),
+    float(metrics['grad_norm']),
+    int(trainer.nonfinite_total.numpy()),
+  )
+  with writer.as_default(step=step):
+    tf.summary.scalar('bits_per_dim', mean_bpd)
+    tf.summary.scalar('learning_rate', float(metrics['learning_rate']))
+    tf.summary.scalar('grad_norm', float(metrics['grad_norm']))
+    tf.summary.scalar('nonfinite_steps', int(trainer.nonfinite_total.numpy()))
+    tf.summary.scalar('steps_per_sec', rate)
+    for name, value in health.weight_health(trainer.flow).items():
+      tf.summary.scalar(f'health/{name}', value)
+
+
 def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> float:
   test_bpd = trainer.evaluate()
   logging.info('step %d: test bits/dim %.4f', step, test_bpd)
   grids = [trainer.sample_grid(t) for t in trainer.config.temperatures]
+  x, label = next(
+    iter(data.eval_dataset(trainer.source, trainer.global_batch, trainer.config.seed))
+  )[:2]
+  with trainer.averaged_weights():
+    batch = health.batch_health(trainer.flow, x[:16], label[:16] if trainer.classifier else None)
   with writer.as_default(step=step):
     tf.summary.scalar('bits_per_dim', test_bpd)
+    for name, value in batch.items():
+      tf.summary.scalar(f'health/{name}', value)
     for temperature, sheet in zip(trainer.config.temperatures, grids):
       tf.summary.image(f'samples/temperature_{temperature:g}', sheet[np.newaxis], step=step)
   if trainer.is_chief:

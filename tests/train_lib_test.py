@@ -133,8 +133,9 @@ def test_nonfinite_step_is_skipped_counted_and_lowers_the_learning_rate(tmp_path
     trainer.train_step(iterator)
   assert int(trainer.nonfinite_total.numpy()) == 4
   assert float(trainer.lr_scale.numpy()) == 0.5
-  assert int(trainer.nonfinite_streak.numpy()) == 0
+  assert int(trainer.nonfinite_streak.numpy()) == 3  # consecutive, kept for max_nonfinite_steps
   assert trainer.train_step(iterator)['finite']
+  assert int(trainer.nonfinite_streak.numpy()) == 0 and float(trainer.lr_scale.numpy()) == 0.5
 
 
 def test_run_dir_of_another_model_is_refused_and_left_alone(tmp_path):
@@ -193,3 +194,40 @@ def test_recompute_gives_the_same_training_steps(tmp_path, digits):
     np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=1e-3)
   for x, y in zip(plain.variables, recomputed.variables):
     np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_a_nan_streak_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+  config = TINY.replace(
+    max_nonfinite_steps=4, nonfinite_patience=2, checkpoint_every=2, eval_every=100, train_steps=50
+  )
+  trainer = make_trainer(config, tmp_path, digits)
+
+  def poisoned(context):
+    del context
+    batches = data.train_dataset(digits, trainer.global_batch, config.seed)
+    return batches.enumerate().map(lambda i, batch: (tf.where(i >= 3, np.nan, batch[0]), batch[1]))
+
+  trainer.train_iterator = lambda: iter(trainer.distribute(poisoned))
+  writers = {k: tf.summary.create_noop_writer() for k in ('train', 'test')}
+  with pytest.raises(
+    train_lib.Diverged,
+    match=r'non-finite for 4 consecutive steps .* last '
+    r'good checkpoint kept: .*ckpt-2',
+  ):
+    train_lib._train_loop(trainer, writers, 0, received=[])
+  assert int(trainer.step.numpy()) == 7
+  assert float(trainer.lr_scale.numpy()) == 0.25  # halved after 2 and after 4 in a row
+  checkpoints = tf.train.get_checkpoint_state(str(tmp_path / 'checkpoints'))
+  assert checkpoints.model_checkpoint_path.endswith('ckpt-2')
+  restored = make_trainer(config, tmp_path, digits)
+  assert int(restored.step.numpy()) == 2
+  assert all(np.all(np.isfinite(v.numpy())) for v in restored.variables)
+
+
+def test_a_signal_saves_a_checkpoint_and_stops(tmp_path, digits):
+  trainer = make_trainer(TINY.replace(checkpoint_every=100, eval_every=100), tmp_path, digits)
+  writers = {k: tf.summary.create_noop_writer() for k in ('train', 'test')}
+  with pytest.raises(train_lib.Interrupted, match='SIGTERM at step 1: saved .*ckpt-1') as e:
+    train_lib._train_loop(trainer, writers, 0, received=[15])
+  assert e.value.exit_status == 143
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-1')

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -120,3 +122,100 @@ def test_two_workers_on_loopback_train_and_write_one_consistent_checkpoint(tmp_p
     single.train_step(iterator)
   for a, b in zip(restored.variables, single.variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def latest_step(run):
+  state = tf.train.get_checkpoint_state(str(run / 'checkpoints'))
+  return int(state.model_checkpoint_path.rsplit('-', 1)[1]) if state else 0
+
+
+def restored_step(stderr):
+  for line in stderr.splitlines():
+    if 'restored' in line and 'at step' in line:
+      return int(line.rsplit('at step', 1)[1].split()[0])
+  return 0
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_it_resumes_from_its_last_complete_checkpoint(tmp_path):
+  run = tmp_path / 'run'
+  args = [
+    '--preset=tiny',
+    '--train_steps=100000',
+    '--checkpoint_every=1',  # A checkpoint write is under way most of the time.
+    '--eval_every=100000',
+    f'--model_dir={run}',
+  ]
+  rng = np.random.RandomState(0)
+  previous = 0
+  for _ in range(4):
+    process = subprocess.Popen(
+      [sys.executable, '-m', 'glow_tf.train', *args],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    deadline = time.time() + 120
+    while latest_step(run) <= previous and time.time() < deadline:  # Training in this life.
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 2.0))
+    process.kill()
+    _, stderr = process.communicate()
+    assert latest_step(run) > previous, stderr[-2000:]
+    if previous == 0:
+      assert 'initialised' in stderr
+    else:  # Resumed exactly where the last life's latest checkpoint was; no ActNorm init.
+      assert restored_step(stderr) == previous and 'initialised' not in stderr
+    previous = latest_step(run)
+    assert os.path.exists(run / 'checkpoints' / f'ckpt-{previous}.index')
+  final = run_cli(*args[:1], f'--train_steps={previous + 3}', *args[2:])
+  assert final.returncode == 0, final.stderr[-2000:]
+  assert restored_step(final.stderr) == previous and 'initialised' not in final.stderr
+  with open(run / 'results.json') as f:
+    assert json.load(f)['step'] == previous + 3
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_with_128_plus_15(tmp_path):
+  run = tmp_path / 'run'
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      '-m',
+      'glow_tf.train',
+      '--preset=tiny',
+      '--train_steps=100000',
+      '--checkpoint_every=100000',
+      '--eval_every=100000',
+      f'--model_dir={run}',
+    ],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.time() + 120
+  while latest_step(run) == 0 and not os.path.exists(run / 'train') and time.time() < deadline:
+    time.sleep(0.5)
+  time.sleep(6)  # Well into training.
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 143
+  lines = error_lines(type('R', (), {'stderr': stderr})())
+  assert any('SIGTERM at step' in line and 'saved' in line for line in lines), lines[-5:]
+  assert latest_step(run) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (['--dataset=folder:/no/such/folder'], "image folder '/no/such/folder' does not exist"),
+    (['--model_dir=/proc/glow_tf_run'], 'error:'),
+  ],
+)
+def test_unusable_paths_are_one_line_errors(tmp_path, args, message):
+  result = run_cli(*QUICK, f'--model_dir={tmp_path / "run"}', *args)
+  assert result.returncode == 2
+  lines = error_lines(result)
+  assert len(lines) == 1 and message in lines[0], lines
+  assert 'Traceback' not in result.stderr
