@@ -1,0 +1,135 @@
+"""Tests of `python -m glow_tf.check` and of the health figures training logs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from glow_tf import bijectors as gb
+from glow_tf import check, data, health, nn, runs, train_lib
+
+CHECKS = {'actnorm', 'nonfinite', 'round_trip', 'condition', 'log_det', 'model_round_trip'}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  run = str(tmp_path_factory.mktemp('runs') / 'healthy')
+  config = train_lib.PRESETS['tiny'].replace(train_steps=10, eval_every=100)
+  train_lib.train_and_evaluate(config, run)
+  return run
+
+
+def run_check(*args):
+  return subprocess.run(
+    [sys.executable, '-m', 'glow_tf.check', *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+  )
+
+
+def break_one_conv(run_dir):
+  """Makes the first 1x1 conv singular (one |s| = e^-40, in weights and averages);
+  returns its layer name."""
+  trainer = train_lib.Trainer(
+    train_lib.TrainConfig.from_dict(train_lib.load_run_config(run_dir)['train']),
+    run_dir,
+    data.load('digits'),
+    tf.distribute.get_strategy(),
+  )
+  trainer.restore_or_initialize()
+  leaf = next(
+    f for f in health.leaves(trainer.flow) if isinstance(f.bijector, gb.InvertibleConv1x1)
+  )
+  log_s = leaf.bijector.log_s
+  index = [v.ref() for v in trainer.variables].index(log_s.ref())
+  broken = tf.tensor_scatter_nd_update(log_s, [[0]], [-40.0])
+  log_s.assign(broken)
+  trainer.ema.averages[index].assign(broken)
+  trainer.step.assign_add(1)
+  trainer.save()
+  return leaf.name
+
+
+def test_a_healthy_run_passes_every_check(trained):
+  result = run_check(f'--model_dir={trained}', '--num_images=4')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert ', 0 outside tolerance' in result.stdout
+  for name in CHECKS:
+    assert f'\n{name} ' in result.stdout, name
+
+
+def test_json_output_lists_every_figure_per_layer(trained):
+  result = run_check(f'--model_dir={trained}', '--num_images=2', '--json')
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout)
+  assert report['ok'] and report['step'] == 10
+  figures = report['figures']
+  assert {f['check'] for f in figures} == CHECKS | {'model_nonfinite'}
+  run = runs.load_run(trained)
+  names = {leaf.name for leaf in health.leaves(run.flow)}
+  for kind in ('round_trip', 'log_det', 'nonfinite'):
+    assert {f['layer'] for f in figures if f['check'] == kind} == names, kind
+  convs = [f for f in figures if f['check'] == 'condition']
+  assert len(convs) == run.model_config.levels * run.model_config.depth
+  assert all(1.0 <= f['value'] < 100.0 for f in convs)  # near-orthogonal after 10 steps
+
+
+def test_a_singular_1x1_conv_fails_the_check_and_is_named(trained, tmp_path):
+  broken = str(tmp_path / 'broken')
+  shutil.copytree(trained, broken)
+  name = break_one_conv(broken)
+  result = run_check(f'--model_dir={broken}', '--num_images=2')
+  assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+  failed = [line for line in result.stdout.splitlines() if line.strip().startswith('FAILED')]
+  assert any(line.split()[1:3] == ['condition', f'{name}:'] for line in failed), failed
+  assert all(name in line or 'model' in line for line in failed), failed
+
+
+def test_the_library_call_flags_a_non_initialised_actnorm(trained):
+  run = runs.load_run(trained)
+  layer = next(m for m in run.flow.submodules if isinstance(m, nn.ActNormLayer))
+  layer.initialized.assign(False)
+  x, _ = runs.test_images(run, 2)
+  figures = {f.check: f for f in check.check_run(run, x) if f.check == 'actnorm'}
+  assert not figures['actnorm'].ok and figures['actnorm'].value == 1.0
+  assert figures['actnorm'].layer == layer.name
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (['--model_dir=/no/such/run'], "run directory '/no/such/run' does not exist"),
+    (['--model_dir=/tmp', '--num_images=0'], '--num_images=0'),
+  ],
+)
+def test_user_errors_are_one_line(args, message):
+  result = run_check(*args)
+  assert result.returncode in (1, 2)
+  assert 'Traceback' not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert any(message in line for line in lines), lines
+
+
+def test_weight_health_reports_every_conv_and_its_minimum(trained):
+  run = runs.load_run(trained)
+  figures = health.weight_health(run.flow)
+  per_layer = {k: v for k, v in figures.items() if '/' in k}
+  assert len(per_layer) == run.model_config.levels * run.model_config.depth
+  assert figures['conv1x1_min_abs_s'] == min(per_layer.values()) > 0.0
+
+
+def test_batch_health_reports_coupling_scales_in_sigmoid_range(trained):
+  run = runs.load_run(trained)
+  x, _ = runs.test_images(run, 4)
+  figures = health.batch_health(run.flow, x)
+  assert figures['nonfinite_values'] == 0
+  assert 0.0 < figures['coupling_min_scale'] <= figures['coupling_max_scale'] < 1.0
+  poisoned = tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [np.nan])
+  assert health.batch_health(run.flow, poisoned)['nonfinite_values'] > 0
