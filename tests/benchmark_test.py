@@ -1,0 +1,133 @@
+"""Tests of `python -m glow_tf.benchmark`: its FLOP count, its report, and a tiny real run."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from glow_tf import benchmark
+
+FACTS = dict(
+  date='2026-11-23', cpu='test cpu', cores=2, python='3', tensorflow='2', tensorflow_probability='0'
+)
+
+
+def test_forward_flops_by_hand():
+  # 8x8x1 images, L=2, K=1, width 4, batch 1.
+  # Level 0 (4x4x4, 16 positions): 1x1 conv 4*4 + coupling 3x3 2->4 (72), 1x1 4->4 (16),
+  #   3x3 4->2*2 (144) = 248 per position; split prior 3x3 2->2*2 = 72 per position.
+  # Level 1 (2x2x8, 4 positions): 64 + 9*4*4 + 16 + 9*4*8 = 512 per position; no split.
+  shape = benchmark.Shape(image_size=8, channels=1, levels=2, depth=1, width=4, batch_size=1)
+  assert benchmark.forward_flops(shape) == 2 * (16 * (248 + 72) + 4 * 512)
+  doubled = benchmark.Shape(image_size=8, channels=1, levels=2, depth=1, width=4, batch_size=2)
+  assert benchmark.forward_flops(doubled) == 2 * benchmark.forward_flops(shape)
+
+
+def test_report_computes_ratios_and_judges_targets():
+  shape = benchmark.Shape(32, 3, 3, 8, 400, 16)
+  figures = {
+    ('glow_tf', False): dict(
+      params=100,
+      train_img_s=[30.0, 28.0, 32.0],
+      log_prob_img_s=[100.0],
+      sample_img_s=[90.0],
+      first_step_s=8.0,
+    ),
+    ('tfb_glow', False): dict(
+      params=98,
+      train_img_s=[10.0],
+      log_prob_img_s=[60.0],
+      sample_img_s=[30.0],
+      first_step_s=40.0,
+    ),
+    'peak': dict(conv_peak_gflops=[1e9], conv_shape='3x3 conv'),
+    ('recompute', False): dict(peak_rss_mib=2000.0, step_mib=600.0, first_step_s=50.0),
+    ('recompute', True): dict(peak_rss_mib=1900.0, step_mib=150.0, first_step_s=90.0),
+    'memory_depth': 32,
+    'mirrored': dict(one_device_img_s=[20.0], mirrored_img_s=[17.0], devices=2),
+  }
+  text = benchmark.report(shape, figures, [False], 'python -m glow_tf.benchmark', FACTS)
+  assert '| training step, img/s | 30.0 (28.0-32.0) | 10.0 (10.0-10.0) | 3.00x |' in text
+  assert '| time to first training step, s | 8.0 | 40.0 | 5.00x faster |' in text
+  assert '| parameters | 100 | 98 | 1.020x |' in text
+  verdicts = dict(re.findall(r'^\| (.+?) \| [^|]+ \| (yes|no) \|$', text, re.M))
+  assert verdicts['training throughput vs tfb.Glow >= 2.50'] == 'yes'
+  assert verdicts['log_prob throughput vs tfb.Glow >= 2.00'] == 'no'  # 1.67
+  assert verdicts['sampling throughput vs tfb.Glow >= 2.00'] == 'yes'
+  assert verdicts['time to first step (s) <= 10.00'] == 'yes'
+  assert verdicts['recompute step memory vs without <= 0.33'] == 'yes'  # 0.25
+  assert verdicts['mirrored (N CPUs) vs one device >= 0.90'] == 'no'  # 0.85
+  assert 'Command: `python -m glow_tf.benchmark`' in text and 'test cpu, 2 cores' in text
+
+
+def test_a_failed_measurement_is_reported_not_hidden():
+  shape = benchmark.Shape(8, 1, 2, 1, 4, 2)
+  figures = {('glow_tf', False): dict(error='ResourceExhaustedError: OOM')}
+  text = benchmark.report(shape, figures, [False], 'cmd', FACTS)
+  assert "Measurement ('glow_tf', False) failed: ResourceExhaustedError: OOM" in text
+
+
+@pytest.mark.slow
+def test_a_tiny_benchmark_runs_every_measure_and_writes_its_table(tmp_path):
+  output = tmp_path / 'bench.md'
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'glow_tf.benchmark',
+      '--image_size=8',
+      '--channels=1',
+      '--levels=2',
+      '--depth=1',
+      '--width=8',
+      '--batch_size=4',
+      '--repeats=2',
+      '--steps=1',
+      '--memory_depth=2',
+      f'--output={output}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = output.read_text()
+  assert text.strip() == result.stdout.strip()
+  assert 'failed' not in text, text
+  for row in (
+    'training step, img/s',
+    'log_prob, img/s',
+    'sampling at T=0.7, img/s',
+    'time to first training step, s',
+    'parameters',
+    'training FLOP rate, GFLOP/s',
+    'machine peak',
+    'peak RSS in training steps',
+    '--recompute at K=2',
+    'MirroredStrategy over 2 logical CPUs',
+  ):
+    assert f'| {row}' in text, row
+  params = re.search(r'^\| parameters \| ([\d,]+) \| ([\d,]+) \| ([\d.]+)x \|$', text, re.M)
+  assert params and 0.9 < float(params.group(3)) < 1.1, text  # the same architecture
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (['--measures=speed'], "unknown measures ['speed']"),
+    (['--models=distrax'], "--models takes glow_tf and/or tfb_glow; got ['distrax']"),
+    (['--image_size=20'], 'image_size must be a multiple of 2**levels = 8; got 20'),
+  ],
+)
+def test_bad_flags_are_one_line_errors(args, message):
+  result = subprocess.run(
+    [sys.executable, '-m', 'glow_tf.benchmark', *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 2 and message in result.stderr
+  assert 'Traceback' not in result.stderr
