@@ -189,9 +189,7 @@ def _table(figures: list[Figure]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cli.run_main('glow_tf.check', check)
+  cli.run_main('glow_tf.check', check, argv)
 
 
 def check() -> int:

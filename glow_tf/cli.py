@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable
 
 import tensorflow as tf
+from absl import app
 
 __all__ = ['UserError', 'run_main', 'user_errors']
 
@@ -33,8 +34,14 @@ def user_errors() -> tuple:
   )
 
 
-def run_main(command: str, body: Callable[[], int | None]) -> None:
-  """Runs `body`; a user error prints `command: error: ...` on stderr and exits with 2."""
+def run_main(command: str, body: Callable[[], int | None], argv=()) -> None:
+  """Runs `body`; a user error prints `command: error: ...` on stderr and exits with 2.
+
+  `argv` is what `absl.app.run` passes to main: anything past the program name
+  is a stray argument (flags are already parsed), and a usage error.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
     status = body()
   except user_errors() as e:

@@ -21,9 +21,7 @@ flags.mark_flags_as_required(['model_dir', 'export_dir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cli.run_main('glow_tf.export', export)
+  cli.run_main('glow_tf.export', export, argv)
 
 
 def export() -> None:

@@ -147,9 +147,7 @@ def draw(run: runs.Run, mode: str, output_dir: str):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cli.run_main('glow_tf.sample', sample)
+  cli.run_main('glow_tf.sample', sample, argv)
 
 
 def sample() -> None:

@@ -167,9 +167,7 @@ def configure_cpu_devices(count: int) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  cli.run_main('glow_tf.train', train)
+  cli.run_main('glow_tf.train', train, argv)
 
 
 def train() -> int:
