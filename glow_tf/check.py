@@ -55,7 +55,10 @@ class Figure:
   level: int | None
   value: float
   tolerance: float
-  ok: bool
+
+  @property
+  def ok(self) -> bool:
+    return bool(self.value <= self.tolerance)  # NaN fails.
 
 
 def _float64_copy(run: runs.Run):
@@ -66,23 +69,19 @@ def _float64_copy(run: runs.Run):
   return flow
 
 
-def _jacobian_log_det(bijector, x, label=None):
+def _jacobian_log_det(bijector, x, kwargs):
   """(analytic, autodiff) log|det J| of `bijector` at `x` (one example)."""
-  if isinstance(bijector, gb.TopPrior):  # Elementwise: the Jacobian is diagonal.
-    kwargs = {} if bijector.num_classes is None else {'label': label}
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = bijector.forward(x, **kwargs)
-    diagonal = tape.gradient(y, x)  # Sums over y: the diagonal, as J is diagonal.
-    analytic = bijector.forward_log_det_jacobian(tf.identity(x), event_ndims=1, **kwargs)
-    return float(tf.reduce_sum(analytic)), float(tf.reduce_sum(tf.math.log(tf.abs(diagonal))))
   with tf.GradientTape() as tape:
     tape.watch(x)
-    y, log_det = forward_and_log_det(bijector, x)
-    flat = tf.reshape(y, [-1])
-  jacobian = tf.reshape(tape.jacobian(flat, x), [flat.shape[0], -1]).numpy()
-  sign, log_abs_det = np.linalg.slogdet(jacobian)
-  return float(tf.reduce_sum(log_det)), float(log_abs_det) if sign != 0 else -math.inf
+    y, log_det = forward_and_log_det(bijector, x, **kwargs)
+  if isinstance(bijector, gb.TopPrior):  # Elementwise: log|det| sums its diagonal's logs.
+    autodiff = float(tf.reduce_sum(tf.math.log(tf.abs(tape.gradient(y, x)))))
+  else:
+    size = int(np.prod(x.shape))
+    jacobian = tf.reshape(tape.jacobian(y, x), [size, size]).numpy()
+    sign, log_abs_det = np.linalg.slogdet(jacobian)
+    autodiff = float(log_abs_det) if sign != 0 else -math.inf
+  return float(tf.reduce_sum(log_det)), autodiff
 
 
 def _crop(x, size):
@@ -103,78 +102,31 @@ def _condition(bijector):
 
 def check_run(run: runs.Run, x, label=None, crop: int = 4) -> list[Figure]:
   """Every figure of the checks above, for images `x` (model space) of `run`."""
-  figures = []
   layers = [m for m in run.flow.submodules if isinstance(m, nn.ActNormLayer)]
   missing = [layer.name for layer in layers if not layer.is_initialized()]
-  figures.append(
-    Figure(
-      'actnorm',
-      ', '.join(missing) or f'all {len(layers)}',
-      None,
-      float(len(missing)),
-      0.0,
-      not missing,
-    )
-  )
+  figures = [Figure('actnorm', ', '.join(missing) or f'all {len(layers)}', None, len(missing), 0.0)]
   for leaf, x_in, y, _ in health.walk(run.flow, x, label):
-    bijector = leaf.bijector
-    nonfinite = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(y), tf.int32)))
-    figures.append(
-      Figure('nonfinite', leaf.name, leaf.level, float(nonfinite), 0.0, nonfinite == 0)
-    )
-    if isinstance(bijector, gb.TopPrior):
-      kwargs = {} if bijector.num_classes is None else {'label': label}
-      x_back = bijector.inverse(tf.identity(y), **kwargs)
-    else:
-      x_back, _ = inverse_and_log_det(bijector, tf.identity(y))
+    name, level, bijector = leaf.name, leaf.level, leaf.bijector
+    figures.append(Figure('nonfinite', name, level, health.count_nonfinite(y), 0.0))
+    x_back, _ = inverse_and_log_det(bijector, y, **health.leaf_kwargs(bijector, label))
     error = float(tf.reduce_max(tf.abs(x_back - x_in)))
     scale = 1.0 + float(tf.reduce_max(tf.abs(x_in)))
-    figures.append(
-      Figure(
-        'round_trip',
-        leaf.name,
-        leaf.level,
-        error,
-        ROUND_TRIP_RTOL * scale,
-        error <= ROUND_TRIP_RTOL * scale,
-      )
-    )
+    figures.append(Figure('round_trip', name, level, error, ROUND_TRIP_RTOL * scale))
     if isinstance(bijector, (gb.InvertibleConv1x1, gb.PlainConv1x1)):
-      condition = _condition(bijector)
-      figures.append(
-        Figure(
-          'condition', leaf.name, leaf.level, condition, CONDITION_MAX, condition <= CONDITION_MAX
-        )
-      )
-  flow64 = _float64_copy(run)
+      figures.append(Figure('condition', name, level, _condition(bijector), CONDITION_MAX))
   label64 = None if label is None else label[:1]
-  for leaf, x_in, _, _ in health.walk(flow64, tf.cast(x, tf.float64), label):
-    analytic, autodiff = _jacobian_log_det(leaf.bijector, _crop(x_in, crop), label64)
-    error = abs(analytic - autodiff) / max(1.0, abs(autodiff))
-    figures.append(
-      Figure('log_det', leaf.name, leaf.level, error, LOG_DET_RTOL, bool(error <= LOG_DET_RTOL))
+  for leaf, x_in, _, _ in health.walk(_float64_copy(run), tf.cast(x, tf.float64), label):
+    analytic, autodiff = _jacobian_log_det(
+      leaf.bijector, _crop(x_in, crop), health.leaf_kwargs(leaf.bijector, label64)
     )
+    error = abs(analytic - autodiff) / max(1.0, abs(autodiff))
+    figures.append(Figure('log_det', leaf.name, leaf.level, error, LOG_DET_RTOL))
   latents = glow_tf.encode(run.flow, x, label=label)
   x_back = glow_tf.decode(run.flow, [tf.identity(z) for z in latents], label=label)
   error = float(tf.reduce_max(tf.abs(x_back - x)))
-  figures.append(
-    Figure(
-      'model_round_trip',
-      'encode/decode',
-      None,
-      error,
-      MODEL_ROUND_TRIP_MAX,
-      error <= MODEL_ROUND_TRIP_MAX,
-    )
-  )
-  nonfinite = sum(
-    int(tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.int32))) for t in latents + [x_back]
-  )
-  figures.append(
-    Figure(
-      'model_nonfinite', 'latents and reconstruction', None, float(nonfinite), 0.0, nonfinite == 0
-    )
-  )
+  figures.append(Figure('model_round_trip', 'encode/decode', None, error, MODEL_ROUND_TRIP_MAX))
+  nonfinite = sum(health.count_nonfinite(t) for t in latents + [x_back])
+  figures.append(Figure('model_nonfinite', 'latents and reconstruction', None, nonfinite, 0.0))
   return figures
 
 
@@ -205,7 +157,7 @@ def check() -> int:
           checkpoint=run.checkpoint,
           step=run.step,
           ok=not failed,
-          figures=[dataclasses.asdict(f) for f in figures],
+          figures=[dict(dataclasses.asdict(f), ok=f.ok) for f in figures],
         ),
         indent=1,
       )

@@ -16,7 +16,15 @@ from glow_tf import flow as flow_lib
 from glow_tf.bijectors.affine_coupling import split_channels
 from glow_tf.bijectors.flow_bijector import forward_and_log_det
 
-__all__ = ['Leaf', 'batch_health', 'leaves', 'walk', 'weight_health']
+__all__ = [
+  'Leaf',
+  'batch_health',
+  'count_nonfinite',
+  'leaf_kwargs',
+  'leaves',
+  'walk',
+  'weight_health',
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +60,18 @@ def leaves(flow) -> list[Leaf]:
   return found
 
 
+def count_nonfinite(t) -> int:
+  """How many values of `t` are inf or NaN."""
+  return int(tf.reduce_sum(tf.cast(~tf.math.is_finite(t), tf.int32)))
+
+
+def leaf_kwargs(bijector, label=None) -> dict:
+  """The conditional kwargs a leaf takes: the label, for a class-conditional top prior."""
+  if isinstance(bijector, gb.TopPrior) and bijector.num_classes is not None:
+    return {'label': label}
+  return {}
+
+
 def walk(flow, x, label=None):
   """Runs images `x` through every leaf: a list of `(leaf, input, output, log_det)`.
 
@@ -62,14 +82,8 @@ def walk(flow, x, label=None):
   records, factored, h = [], [], tf.convert_to_tensor(x, flow.dtype)
   for leaf in leaves(flow):
     if isinstance(leaf.bijector, gb.TopPrior):
-      flat = multiscale.merge_latents(factored + [h])
-      kwargs = {} if leaf.bijector.num_classes is None else {'label': label}
-      y = leaf.bijector.forward(flat, **kwargs)
-      records.append(
-        (leaf, flat, y, leaf.bijector.forward_log_det_jacobian(flat, event_ndims=1, **kwargs))
-      )
-      continue
-    y, log_det = forward_and_log_det(leaf.bijector, h)
+      h = multiscale.merge_latents(factored + [h])
+    y, log_det = forward_and_log_det(leaf.bijector, h, **leaf_kwargs(leaf.bijector, label))
     records.append((leaf, h, y, log_det))
     h = y
     if isinstance(leaf.bijector, gb.SplitPrior):
@@ -108,7 +122,7 @@ def batch_health(flow, x, label=None) -> dict[str, float]:
   """
   low, high, nonfinite = np.inf, -np.inf, 0
   for leaf, x_in, y, _ in walk(flow, x, label):
-    nonfinite += int(tf.reduce_sum(tf.cast(~tf.math.is_finite(y), tf.int32)))
+    nonfinite += count_nonfinite(y)
     if isinstance(leaf.bijector, gb.AffineCoupling) and not isinstance(
       leaf.bijector, gb.SplitPrior
     ):

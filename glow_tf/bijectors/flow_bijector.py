@@ -147,8 +147,8 @@ def check_flat_shape(bijector: tfb.Bijector, shape: tf.TensorShape, size: int) -
   return shape
 
 
-def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3):
-  """`(bijector.forward(x), its log-det)`, computed once.
+def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwargs):
+  """`(bijector.forward(x, **kwargs), its log-det)`, computed once.
 
   For glow_tf bijectors, and `tfb.Chain`s of them, this calls
   `_forward_and_log_det` directly: a composite that caches its own result needs
@@ -167,10 +167,10 @@ def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3):
   return bijector.forward(x), bijector.forward_log_det_jacobian(x, event_ndims=event_ndims)
 
 
-def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3):
-  """`(bijector.inverse(y), its log-det)`, computed once; see `forward_and_log_det`."""
+def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3, **kwargs):
+  """`(bijector.inverse(y, **kwargs), its log-det)`, computed once; see `forward_and_log_det`."""
   if isinstance(bijector, FlowBijector):
-    return bijector._inverse_and_log_det(y)  # pylint: disable=protected-access
+    return bijector._inverse_and_log_det(y, **kwargs)  # pylint: disable=protected-access
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     log_det = tf.zeros([], y.dtype)
     for part in bijector.bijectors:
