@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import glow_tf
 from glow_tf import bijectors as gb
 from glow_tf import check, data, health, nn, runs, train_lib
 
@@ -133,3 +134,20 @@ def test_batch_health_reports_coupling_scales_in_sigmoid_range(trained):
   assert 0.0 < figures['coupling_min_scale'] <= figures['coupling_max_scale'] < 1.0
   poisoned = tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [np.nan])
   assert health.batch_health(run.flow, poisoned)['nonfinite_values'] > 0
+
+
+def test_walk_passes_the_label_to_a_class_conditional_top_prior():
+  flow = glow_tf.build_glow(
+    glow_tf.GlowConfig(image_shape=(8, 8, 1), levels=2, depth=1, width=8, num_classes=10)
+  )
+  x = tf.random.uniform([4, 8, 8, 1], -0.5, 0.5, seed=1)
+  glow_tf.initialize(flow, x)
+  label = tf.constant([1, 2, 3, 4])
+  records = health.walk(flow, x, label)
+  leaf, flat, y, _ = records[-1]
+  assert isinstance(leaf.bijector, gb.TopPrior)
+  np.testing.assert_allclose(
+    leaf.bijector.inverse(y, label=label).numpy(), flat.numpy(), rtol=1e-5, atol=1e-5
+  )
+  with pytest.raises(ValueError, match='needs a label'):
+    health.walk(flow, x)

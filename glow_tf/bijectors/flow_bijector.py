@@ -154,10 +154,11 @@ def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwarg
   `_forward_and_log_det` directly: a composite that caches its own result needs
   no per-layer cache, name scopes or reduction logic, and tracing a deep flow
   then creates a fraction of the ops. Any other bijector goes through its public
-  methods.
+  methods. `kwargs` (a conditional bijector's, e.g. `label`) go to a glow_tf
+  bijector called directly.
   """
   if isinstance(bijector, FlowBijector):
-    return bijector._forward_and_log_det(x)  # pylint: disable=protected-access
+    return bijector._forward_and_log_det(x, **kwargs)  # pylint: disable=protected-access
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     log_det = tf.zeros([], x.dtype)
     for part in reversed(bijector.bijectors):
