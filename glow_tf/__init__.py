@@ -3,6 +3,7 @@
 from glow_tf import bijectors, nn
 from glow_tf.flow import (
   GlowConfig,
+  GlowDistribution,
   bits_per_dim,
   build_classifier,
   build_glow,
@@ -20,6 +21,7 @@ __version__ = '0.1.0'
 
 __all__ = [
   'GlowConfig',
+  'GlowDistribution',
   'bijectors',
   'bits_per_dim',
   'build_classifier',

@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.distributions import transformed_distribution
 
 from glow_tf import bijectors as gb
 from glow_tf import nn
+from glow_tf.bijectors.call_cache import OneCallScope
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -19,6 +21,7 @@ __all__ = [
   'COUPLINGS',
   'PERMUTATIONS',
   'GlowConfig',
+  'GlowDistribution',
   'bits_per_dim',
   'build_classifier',
   'build_glow',
@@ -111,6 +114,18 @@ class GlowConfig:
     return cls(**values)
 
 
+class GlowDistribution(OneCallScope, transformed_distribution._TransformedDistribution):  # pylint: disable=protected-access
+  """`tfd.TransformedDistribution` whose every public call shares bijector results once.
+
+  TFP computes `log_prob(x)` as `inverse(x)` and then the log-det at the same
+  tensors; each public method of this class (`log_prob`, `sample`,
+  `experimental_sample_and_log_prob`, ...) runs in one `call_scope()`, so the
+  two share one pass of every coupling network, and nothing is kept for the
+  next call (see `glow_tf.bijectors.CallCache`). Everything else is TFP's
+  (non-`CompositeTensor`) `TransformedDistribution`.
+  """
+
+
 def _permutation(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
   if config.permutation == 'conv1x1':
     return gb.InvertibleConv1x1(channels, seed=seed, dtype=dtype)
@@ -131,19 +146,19 @@ def _coupling(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
 
 
 def _flow_step(config: GlowConfig, channels: int, index: int, dtype) -> tfb.Bijector:
-  """ActNorm -> permutation -> coupling (applied right to left by `tfb.Chain`)."""
+  """ActNorm -> permutation -> coupling (applied right to left by the chain)."""
   with tf.name_scope(f'step_{index}'):
     actnorm = gb.ActNorm(channels, dtype=dtype)
     permutation = _permutation(config, channels, (config.seed, 2 * index), dtype)
     coupling = _coupling(config, channels, (config.seed, 2 * index + 1), dtype)
-  return tfb.Chain([coupling, permutation, actnorm], name=f'step_{index}')
+  return gb.FlowChain([coupling, permutation, actnorm], name=f'step_{index}')
 
 
 def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistribution:
   """Builds Glow as a `tfd.TransformedDistribution` over a standard normal.
 
   Its bijector maps latent -> image (TFP's direction): it is
-  `tfb.Invert(tfb.Chain([TopPrior, MultiScaleFlow]))`, where the glow_tf layers
+  `tfb.Invert(FlowChain([TopPrior, MultiScaleFlow]))`, where the glow_tf layers
   inside map image -> latent as in the paper. The latent is flat, `[D]`, the
   concatenation of every level's latent (see `encode`).
 
@@ -171,7 +186,7 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
         for _ in range(config.depth):
           steps.append(_flow_step(config, channels, step_index, dtype))
           step_index += 1
-        levels.append(tfb.Chain(steps[::-1] + [squeeze], name=f'level_{level}'))
+        levels.append(gb.FlowChain(steps[::-1] + [squeeze], name=f'level_{level}'))
         if level < config.levels - 1:
           split_priors.append(gb.SplitPrior(channels, dtype=dtype))
           channels //= 2
@@ -185,9 +200,9 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
         dtype=dtype,
         name=TOP_PRIOR_NAME,
       )
-      encoder = tfb.Chain([top_prior, encoder], name='encoder')
+      encoder = gb.FlowChain([top_prior, encoder], name='encoder')
   base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)), config.num_dims)
-  return tfd.TransformedDistribution(base, tfb.Invert(encoder), name=name)
+  return GlowDistribution(base, tfb.Invert(encoder), name=name)
 
 
 def build_classifier(config: GlowConfig) -> nn.ClassifierHead:
@@ -245,7 +260,7 @@ def with_temperature(
     tfd.Normal(tf.zeros([], flow.dtype), tf.cast(temperature, flow.dtype)),
     multiscale_flow(flow).latent_size,
   )
-  return tfd.TransformedDistribution(base, flow.bijector, name=flow.name)
+  return GlowDistribution(base, flow.bijector, name=flow.name)
 
 
 def sample(

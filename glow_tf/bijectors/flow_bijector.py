@@ -5,7 +5,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import chain as chain_lib
-from tensorflow_probability.python.internal import cache_util
+from tensorflow_probability.python.bijectors import invert as invert_lib
+
+from glow_tf.bijectors.call_cache import CallCache, OneCallScope
 
 tfb = tfp.bijectors
 
@@ -18,7 +20,7 @@ __all__ = [
 ]
 
 
-class FlowBijector(tfb.Bijector):
+class FlowBijector(OneCallScope, tfb.Bijector):
   """A `tfb.Bijector` written as `_forward_and_log_det` and `_inverse_and_log_det`.
 
   TFP asks a bijector for `_forward`, `_inverse` and a log-det separately. A
@@ -28,11 +30,14 @@ class FlowBijector(tfb.Bijector):
       _forward_and_log_det(x) -> (y, log|det dy/dx|)
       _inverse_and_log_det(y) -> (x, log|det dx/dy|)
 
-  and the bijector cache (TFP's `BijectorCacheWithGreedyAttrs`, as in
-  `tfb.FFJORD`) stores the log-det beside the value, so `inverse` followed by
-  `inverse_log_det_jacobian` on the same tensor computes the layer once. The
-  log-det is reduced over the `forward_min_event_ndims` rightmost dims: one value
-  per event, or a scalar when it does not depend on the input.
+  and the bijector cache stores the log-det beside the value, so `inverse`
+  followed by `inverse_log_det_jacobian` on the same tensor computes the layer
+  once. The cache is a `CallCache`: results are shared only within one public
+  call (one `log_prob`, one `forward`, ...) and forgotten when it returns, so no
+  call ever gets a value computed by an earlier one, under another
+  `GradientTape` or with other weights. The log-det is reduced over the
+  `forward_min_event_ndims` rightmost dims: one value per event, or a scalar
+  when it does not depend on the input.
 
   Inputs are checked against the event-shape methods (`_forward_event_shape`,
   `_inverse_event_shape`) before any computation, so a tensor of the wrong rank,
@@ -42,9 +47,7 @@ class FlowBijector(tfb.Bijector):
   unlike TFP's parameter-based default, equality and the cache key use identity.
   """
 
-  _cache = cache_util.BijectorCacheWithGreedyAttrs(
-    forward_name='_forward_with_ildj', inverse_name='_inverse_with_ildj'
-  )
+  _cache = CallCache('_forward_with_ildj', '_inverse_with_ildj', greedy=True)
 
   def _forward_and_log_det(self, x, **kwargs):
     raise NotImplementedError(f'{type(self).__name__} must implement _forward_and_log_det.')
@@ -69,17 +72,15 @@ class FlowBijector(tfb.Bijector):
   def _inverse(self, y, **kwargs):
     return self.inverse(y, **kwargs)
 
+  # TFP asks for a log-det it has not cached: compute value and log-det together
+  # (a nested call, so the result stays in this call's scope for `forward`).
   def _forward_log_det_jacobian(self, x, **kwargs):
-    y = self.forward(x, **kwargs)  # Fills the cache, log-det included; keep `y` alive.
-    fldj = -self._cache.forward_attributes(x, **kwargs)['ildj']
-    del y
-    return fldj
+    self.forward(x, **kwargs)
+    return -self._cache.forward_attributes(x, **kwargs)['ildj']
 
   def _inverse_log_det_jacobian(self, y, **kwargs):
-    x = self.inverse(y, **kwargs)  # Fills the cache, log-det included; keep `x` alive.
-    ildj = self._cache.inverse_attributes(y, **kwargs)['ildj']
-    del x
-    return ildj
+    self.inverse(y, **kwargs)
+    return self._cache.inverse_attributes(y, **kwargs)['ildj']
 
   def _get_parameterization(self):
     return id(self)
@@ -150,22 +151,30 @@ def check_flat_shape(bijector: tfb.Bijector, shape: tf.TensorShape, size: int) -
 def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwargs):
   """`(bijector.forward(x, **kwargs), its log-det)`, computed once.
 
-  For glow_tf bijectors, and `tfb.Chain`s of them, this calls
-  `_forward_and_log_det` directly: a composite that caches its own result needs
-  no per-layer cache, name scopes or reduction logic, and tracing a deep flow
-  then creates a fraction of the ops. Any other bijector goes through its public
-  methods. `kwargs` (a conditional bijector's, e.g. `label`) go to a glow_tf
-  bijector called directly.
+  For glow_tf bijectors, and `tfb.Chain`s and `tfb.Invert`s of them, this calls
+  `_forward_and_log_det` directly: a composite that computes its parts this way
+  needs no per-layer cache, name scopes or reduction logic, and tracing a deep
+  flow then creates a fraction of the ops. Any other bijector goes through its
+  public methods. `kwargs` are routed as TFP routes them: a glow_tf bijector
+  takes them itself (e.g. `label`), a chain hands each part
+  `kwargs.get(part.name, {})`, an inversion passes them through.
   """
   if isinstance(bijector, FlowBijector):
     return bijector._forward_and_log_det(x, **kwargs)  # pylint: disable=protected-access
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     log_det = tf.zeros([], x.dtype)
     for part in reversed(bijector.bijectors):
-      x, part_log_det = forward_and_log_det(part, x, event_ndims)
+      part_kwargs = kwargs.get(part.name, {})
+      x, part_log_det = forward_and_log_det(part, x, event_ndims, **part_kwargs)
+      event_ndims = part.forward_event_ndims(event_ndims, **part_kwargs)
       log_det += part_log_det
     return x, log_det
-  return bijector.forward(x), bijector.forward_log_det_jacobian(x, event_ndims=event_ndims)
+  if isinstance(bijector, invert_lib._Invert):  # pylint: disable=protected-access
+    return inverse_and_log_det(bijector.bijector, x, event_ndims, **kwargs)
+  return (
+    bijector.forward(x, **kwargs),
+    bijector.forward_log_det_jacobian(x, event_ndims=event_ndims, **kwargs),
+  )
 
 
 def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3, **kwargs):
@@ -175,7 +184,14 @@ def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3, **kwarg
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     log_det = tf.zeros([], y.dtype)
     for part in bijector.bijectors:
-      y, part_log_det = inverse_and_log_det(part, y, event_ndims)
+      part_kwargs = kwargs.get(part.name, {})
+      y, part_log_det = inverse_and_log_det(part, y, event_ndims, **part_kwargs)
+      event_ndims = part.inverse_event_ndims(event_ndims, **part_kwargs)
       log_det += part_log_det
     return y, log_det
-  return bijector.inverse(y), bijector.inverse_log_det_jacobian(y, event_ndims=event_ndims)
+  if isinstance(bijector, invert_lib._Invert):  # pylint: disable=protected-access
+    return forward_and_log_det(bijector.bijector, y, event_ndims, **kwargs)
+  return (
+    bijector.inverse(y, **kwargs),
+    bijector.inverse_log_det_jacobian(y, event_ndims=event_ndims, **kwargs),
+  )

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from glow_tf import bijectors as gb
 from glow_tf import nn
 from glow_tf.bijectors import AdditiveCoupling, AffineCoupling, SplitPrior
 from tests import checks
@@ -99,16 +100,32 @@ def test_split_prior_standardises_under_its_gaussian():
   )
 
 
-def test_network_runs_once_per_log_prob_direction():
+def test_network_runs_once_per_call_and_no_result_outlives_its_call():
   coupling = affine()
+  spec = tf.TensorSpec([None, 4, 4, 4])
 
-  @tf.function
-  def inverse_and_ildj(y):
-    return coupling.inverse(y), coupling.inverse_log_det_jacobian(y, event_ndims=3)
+  def reads(fn):
+    graph = tf.function(fn).get_concrete_function(spec).graph
+    return [
+      checks.variable_reads(graph, k)
+      for k in (coupling.network.conv_in.kernel, coupling.network.conv_out.kernel)
+    ]
 
-  graph = inverse_and_ildj.get_concrete_function(tf.TensorSpec([None, 4, 4, 4])).graph
-  for kernel in (coupling.network.conv_in.kernel, coupling.network.conv_out.kernel):
-    assert checks.variable_reads(graph, kernel) == 1
+  # One public call computes value and log-det in one pass of the network.
+  assert reads(lambda y: coupling.inverse_log_det_jacobian(y, event_ndims=3)) == [1, 1]
+  # Within one call scope (as inside a distribution's log_prob) calls share it ...
+  with_scope = lambda y: _in_call_scope(
+    lambda: (coupling.inverse(y), coupling.inverse_log_det_jacobian(y, event_ndims=3))
+  )
+  assert reads(with_scope) == [1, 1]
+  # ... and two separate calls never see each other's results.
+  separate = lambda y: (coupling.inverse(y), coupling.inverse_log_det_jacobian(y, event_ndims=3))
+  assert reads(separate) == [2, 2]
+
+
+def _in_call_scope(fn):
+  with gb.call_scope():
+    return fn()
 
 
 def test_network_variables_are_tracked():
