@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from glow_tf import data
 
-__all__ = ['display_uint8', 'grid', 'labelled_rows', 'write_png']
+__all__ = ['display_uint8', 'grid', 'labelled_rows', 'text', 'write_png']
 
 
 def display_uint8(x, num_bins: int) -> np.ndarray:
@@ -39,16 +39,70 @@ def grid(images: np.ndarray, columns: int, padding: int = 1, scale: int = 1) -> 
   return sheet
 
 
-def labelled_rows(rows: Sequence[np.ndarray], padding: int = 4) -> np.ndarray:
-  """Stacks equally wide grids vertically with a white band between them."""
-  width = max(r.shape[1] for r in rows)
+# A 3x5 pixel font for the labels of sample sheets: enough for "T=0.85", "class 3".
+_GLYPHS = {
+  '0': ('###', '#.#', '#.#', '#.#', '###'),
+  '1': ('.#.', '##.', '.#.', '.#.', '###'),
+  '2': ('###', '..#', '###', '#..', '###'),
+  '3': ('###', '..#', '.##', '..#', '###'),
+  '4': ('#.#', '#.#', '###', '..#', '..#'),
+  '5': ('###', '#..', '###', '..#', '###'),
+  '6': ('###', '#..', '###', '#.#', '###'),
+  '7': ('###', '..#', '.#.', '.#.', '.#.'),
+  '8': ('###', '#.#', '###', '#.#', '###'),
+  '9': ('###', '#.#', '###', '..#', '###'),
+  '.': ('...', '...', '...', '...', '.#.'),
+  '-': ('...', '...', '###', '...', '...'),
+  '=': ('...', '###', '...', '###', '...'),
+  ' ': ('...', '...', '...', '...', '...'),
+  'T': ('###', '.#.', '.#.', '.#.', '.#.'),
+  'a': ('...', '##.', '.##', '#.#', '###'),
+  'c': ('...', '###', '#..', '#..', '###'),
+  'l': ('##.', '.#.', '.#.', '.#.', '###'),
+  's': ('...', '.##', '#..', '..#', '##.'),
+}
+
+
+def text(label: str, scale: int = 2) -> np.ndarray:
+  """`label` as a uint8 `[5*scale, 4*scale*len - scale]` image: black glyphs on white.
+
+  Only the characters of sample-sheet labels are drawn (digits, `.-= `, `T`,
+  `class`); anything else raises ValueError naming it.
+  """
+  unknown = sorted(set(label) - set(_GLYPHS))
+  if unknown:
+    raise ValueError(f'text draws {"".join(sorted(_GLYPHS))!r}; got {unknown} in {label!r}.')
+  columns = []
+  for char in label:
+    glyph = np.array([[c == '#' for c in row] for row in _GLYPHS[char]])
+    columns += [glyph, np.zeros((5, 1), bool)]
+  ink = np.concatenate(columns[:-1], axis=1) if columns else np.zeros((5, 0), bool)
+  ink = ink.repeat(scale, axis=0).repeat(scale, axis=1)
+  return np.where(ink, 0, 255).astype(np.uint8)
+
+
+def labelled_rows(
+  rows: Sequence[np.ndarray], labels: Sequence[str] | None = None, padding: int = 4
+) -> np.ndarray:
+  """Stacks grids vertically; each under a white band with its label (if given) at the left."""
+  if labels is not None and len(labels) != len(rows):
+    raise ValueError(f'labelled_rows needs one label per grid; got {len(labels)} for {len(rows)}.')
+  drawn = [None] * len(rows) if labels is None else [text(label) for label in labels]
+  width = max(
+    [r.shape[1] for r in rows] + [d.shape[1] + 2 * padding for d in drawn if d is not None]
+  )
   channels = rows[0].shape[2]
-  band = np.full((padding, width, channels), 255, np.uint8)
   parts = []
-  for r in rows:
+  for r, label in zip(rows, drawn):
+    band_height = padding if label is None else label.shape[0] + 2 * padding
+    band = np.full((band_height, width, channels), 255, np.uint8)
+    if label is not None:
+      band[padding : padding + label.shape[0], padding : padding + label.shape[1]] = label[
+        ..., None
+      ]
     pad = np.full((r.shape[0], width - r.shape[1], channels), 255, np.uint8)
-    parts += [np.concatenate([r, pad], axis=1), band]
-  return np.concatenate(parts[:-1], axis=0)
+    parts += [band, np.concatenate([r, pad], axis=1)]
+  return np.concatenate(parts if labels is not None else parts[1:], axis=0)
 
 
 def write_png(path: str, image: np.ndarray) -> str:
