@@ -10,7 +10,7 @@ paper's attribute manipulation; on labelled data the attribute is a class pair,
 import os
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from glow_tf import cli, images, runs, sample_lib
 from glow_tf.sample_lib import SampleError
@@ -159,7 +159,7 @@ def sample() -> None:
 
 def run():
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run_app('glow_tf.sample', main)
 
 
 if __name__ == '__main__':

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from glow_tf import cli, data, optim, train_lib
 from glow_tf import flow as flow_lib
@@ -192,7 +192,7 @@ def train() -> int:
 
 def run():
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run_app('glow_tf.train', main)
 
 
 if __name__ == '__main__':

@@ -65,7 +65,7 @@ def test_flagfile_run_and_rerun_resumes(tmp_path):
 )
 def test_bad_flags_exit_nonzero_with_one_clear_line(tmp_path, args, message):
   result = run_cli(*QUICK, f'--model_dir={tmp_path / "run"}', *args)
-  assert result.returncode != 0
+  assert result.returncode == 2
   lines = error_lines(result)
   assert any(message in line for line in lines), lines
   assert 'Traceback' not in result.stderr
