@@ -61,21 +61,25 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     RunError: naming what is missing.
   """
   if not tf.io.gfile.isdir(model_dir):
-    raise RunError(f'run directory {model_dir!r} does not exist.')
+    what = 'is not a directory' if tf.io.gfile.exists(model_dir) else 'does not exist'
+    raise RunError(f'run directory {model_dir!r} {what}.')
   try:
     values = train_lib.load_run_config(model_dir)
+    config = train_lib.TrainConfig.from_dict(values['train'])
+    model_config = flow_lib.GlowConfig.from_dict(
+      {**values['model'], 'image_shape': tuple(values['model']['image_shape'])}
+    )
+    num_bins = int(values['data']['num_bins'])
   except train_lib.ConfigError as e:
     raise RunError(str(e)) from e
-  config = train_lib.TrainConfig.from_dict(values['train'])
-  model_config = flow_lib.GlowConfig.from_dict(
-    {**values['model'], 'image_shape': tuple(values['model']['image_shape'])}
-  )
-  latest = tf.train.latest_checkpoint(os.path.join(model_dir, train_lib.CHECKPOINT_DIR))
-  if latest is None:
+  except (KeyError, TypeError, ValueError) as e:
     raise RunError(
-      f'run {model_dir!r} has no checkpoint yet (nothing in '
-      f'{os.path.join(model_dir, train_lib.CHECKPOINT_DIR)}).'
-    )
+      f'{os.path.join(model_dir, train_lib.CONFIG_FILE)!r} does not describe a glow_tf run '
+      f'({type(e).__name__}: {e}); expected the config.json glow_tf.train writes.'
+    ) from e
+  directory = os.path.join(model_dir, train_lib.CHECKPOINT_DIR)
+  if not train_lib.has_checkpoint_files(directory):
+    raise RunError(f'run {model_dir!r} has no checkpoint yet (nothing in {directory}).')
   flow = flow_lib.build_glow(model_config)
   classifier = flow_lib.build_classifier(model_config) if model_config.num_classes else None
   variables = list(flow.trainable_variables)
@@ -86,7 +90,15 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
   parts = dict(flow=flow, ema=ema, step=step)
   if classifier is not None:
     parts['classifier'] = classifier
-  tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+  checkpoint = tf.train.Checkpoint(**parts)
+  try:
+    restored = train_lib.restore_newest_intact(
+      directory,
+      lambda prefix: checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched(),
+      advice=f'{model_dir!r} cannot be used until one of them is repaired.',
+    )
+  except train_lib.ConfigError as e:
+    raise RunError(str(e)) from e
   if averaged:
     for average, variable in zip(ema.averages, variables):
       variable.assign(average)
@@ -96,8 +108,8 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     classifier,
     config,
     model_config,
-    values['data']['num_bins'],
-    latest,
+    num_bins,
+    restored.path,
     int(step.numpy()),
   )
 

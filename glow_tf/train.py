@@ -100,7 +100,13 @@ flags.DEFINE_integer(
   'eval_every', None, 'Steps between test evaluations and sample grids.', lower_bound=1
 )
 flags.DEFINE_integer('checkpoint_every', None, 'Steps between checkpoints.', lower_bound=1)
-flags.DEFINE_integer('seed', None, 'Seeds weights, data order and dequantisation noise.')
+flags.DEFINE_integer(
+  'seed',
+  None,
+  'Seeds weights, data order and dequantisation noise (an int32).',
+  lower_bound=train_lib.SEED_RANGE[0],
+  upper_bound=train_lib.SEED_RANGE[1],
+)
 flags.DEFINE_enum(
   'strategy',
   None,
