@@ -218,6 +218,11 @@ def _check_export_dir(export_dir: str, overwrite: bool, model_dir: str) -> str:
           f'export_dir {export_dir!r} holds the training run {below!r}; it is never replaced.'
         )
   parent = os.path.dirname(target)
+  blocker = parent
+  while not os.path.exists(blocker):
+    blocker = os.path.dirname(blocker)
+  if not os.path.isdir(blocker):
+    raise ExportError(f'export_dir {export_dir!r} lies under {blocker!r}, which is a file.')
   os.makedirs(parent, exist_ok=True)
   if not os.access(parent, os.W_OK):
     raise ExportError(f'cannot write to {parent!r} (permission denied).')

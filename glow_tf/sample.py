@@ -106,9 +106,15 @@ def check_request(run: runs.Run, what: str, batch: int, rows: int, columns: int)
 
 
 def check_output_dir(output_dir: str) -> None:
-  """Refuses an --output_dir that exists and is not a directory."""
-  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-    raise SampleError(f'--output_dir {output_dir!r} is a file; expected a directory for the PNGs.')
+  """Refuses an --output_dir that is a file, or lies under one."""
+  blocker = os.path.abspath(output_dir)
+  while not os.path.exists(blocker):
+    blocker = os.path.dirname(blocker)
+  if not os.path.isdir(blocker):
+    where = 'is' if blocker == os.path.abspath(output_dir) else f'lies under {blocker!r},'
+    raise SampleError(
+      f'--output_dir {output_dir!r} {where} a file; expected a directory for the PNGs.'
+    )
 
 
 def draw(run: runs.Run, mode: str, output_dir: str):

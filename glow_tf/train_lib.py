@@ -849,9 +849,18 @@ class Trainer:
 
 
 def _check_model_dir(model_dir: str) -> None:
-  if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+  """Refuses a model_dir that is a file, or lies under one."""
+  if '://' in model_dir:  # Remote (gs://...): only the path itself can be checked cheaply.
+    blocker = model_dir if tf.io.gfile.exists(model_dir) else None
+  else:
+    blocker = os.path.abspath(model_dir)
+    while not os.path.exists(blocker):
+      blocker = os.path.dirname(blocker)
+  if blocker and not tf.io.gfile.isdir(blocker):
+    own = blocker in (model_dir, os.path.abspath(model_dir))
+    where = 'is a file' if own else f'lies under {blocker!r}, which is a file'
     raise ConfigError(
-      f'model_dir {model_dir!r} is a file; expected a run directory (existing or new).'
+      f'model_dir {model_dir!r} {where}; expected a run directory (existing or new).'
     )
 
 

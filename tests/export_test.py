@@ -294,6 +294,7 @@ def test_overwrite_replaces_only_a_previous_export_never_a_run(exported, tmp_pat
     (notes, 'is not a glow_tf export (expected saved_model.pb and assets.extra/glow_tf.json)'),
     (with_extra, "holds files an export does not write: ['README']"),
     (hiding_a_run, f"holds the training run '{hiding_a_run / 'assets' / 'run'}'"),
+    (notes / 'todo.txt' / 'export', "lies under '{}', which is a file".format(notes / 'todo.txt')),
   ]
   for path, message in cases:
     with pytest.raises(export_lib.ExportError, match=re.escape(message)):

@@ -198,12 +198,14 @@ def test_bad_input_exits_nonzero_with_one_line(trained, tmp_path, which, args, m
     (['--mode=interpolate', '--steps=300'], 'at most 240 a side fit in 16384 pixels.'),
     (['--mode=class', '--per_class=500'], 'at most 240 a side fit in 16384 pixels.'),
     (['--output_dir={file}'], 'is a file; expected a directory for the PNGs.'),
+    (['--output_dir={file}/figures'], "lies under '{file}', a file; expected a directory"),
   ],
 )
 def test_a_request_that_cannot_be_written_is_refused_up_front(trained, tmp_path, args, message):
   file = tmp_path / 'file.png'
   file.write_text('x')
   args = [a.format(file=file) for a in args]
+  message = message.format(file=file)
   if not any(a.startswith('--output_dir') for a in args):
     args.append(f'--output_dir={tmp_path / "out"}')
   result = run_cli(f'--model_dir={trained["conditional"]}', *args)

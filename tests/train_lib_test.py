@@ -383,11 +383,15 @@ def test_a_second_training_into_a_run_is_refused_naming_the_first(tmp_path):
   assert train_lib.train_and_evaluate(SHORT.replace(train_steps=2), str(run))['step'] == 2
 
 
-def test_a_model_dir_that_is_a_file_is_refused(tmp_path):
-  path = tmp_path / 'run'
+@pytest.mark.parametrize(
+  'below, match',
+  [('', r"model_dir '.*file' is a file; expected a run"), ('run', "lies under '.*file', which is")],
+)
+def test_a_model_dir_that_is_or_lies_under_a_file_is_refused(tmp_path, below, match):
+  path = tmp_path / 'file'
   path.write_text('not a run')
-  with pytest.raises(train_lib.ConfigError, match=r"model_dir '.*run' is a file; expected a run"):
-    train_lib.train_and_evaluate(SHORT, str(path))
+  with pytest.raises(train_lib.ConfigError, match=match):
+    train_lib.train_and_evaluate(SHORT, str(path / below) if below else str(path))
   assert path.read_text() == 'not a run'
 
 
