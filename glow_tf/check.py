@@ -168,6 +168,7 @@ def main(argv):
 
 def check() -> int:
   run = runs.load_run(FLAGS.model_dir, averaged=FLAGS.averaged)
+  runs.check_batch(run, f'--num_images={FLAGS.num_images}', FLAGS.num_images)
   x, label = runs.test_images(run, FLAGS.num_images)
   figures = check_run(run, x, label, FLAGS.crop)
   failed = [f for f in figures if not f.ok]

@@ -13,7 +13,11 @@ from glow_tf import flow as flow_lib
 
 tfd = tfp.distributions
 
-__all__ = ['Run', 'RunError', 'load_run', 'test_images']
+__all__ = ['Run', 'RunError', 'check_batch', 'load_run', 'test_images']
+
+# A batch through the flow is refused up front when one activation of the first level's
+# coupling networks (batch x H/2 x W/2 x width float32) would exceed this.
+MAX_ACTIVATION_BYTES = 2**30
 
 
 class RunError(ValueError):
@@ -112,6 +116,23 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     restored.path,
     int(step.numpy()),
   )
+
+
+def check_batch(run: Run, what: str, batch: int) -> None:
+  """Refuses a batch of `batch` images through `run`'s flow that would not fit in memory.
+
+  Raises:
+    RunError: naming `what` asked for it and the largest batch that fits.
+  """
+  height, width, channels = run.model_config.image_shape
+  per_image = (height // 2) * (width // 2) * max(run.model_config.width, 4 * channels) * 4
+  if batch * per_image > MAX_ACTIVATION_BYTES:
+    raise RunError(
+      f'{what} asks for a batch of {batch} images; at most {MAX_ACTIVATION_BYTES // per_image} '
+      f'fit this model ({height}x{width} images, width {run.model_config.width}: '
+      f'{per_image} bytes each per coupling activation, at most '
+      f'{MAX_ACTIVATION_BYTES // 2**30} GiB).'
+    )
 
 
 def test_images(run: Run, count: int, label: int | None = None):

@@ -19,11 +19,8 @@ FLAGS = flags.FLAGS
 
 MODES = ('grid', 'reconstruct', 'interpolate', 'class', 'manipulate')
 # Requests are refused up front, not after minutes of work and a traceback, when a PNG
-# would be wider or taller than MAX_PNG_SIDE pixels, or when one batch of samples would
-# need more than MAX_ACTIVATION_BYTES for one activation of the first level's coupling
-# networks (batch x H/2 x W/2 x width float32).
+# would be wider or taller than MAX_PNG_SIDE pixels, or a batch too large (runs.check_batch).
 MAX_PNG_SIDE = 16384
-MAX_ACTIVATION_BYTES = 2**30
 flags.DEFINE_string('model_dir', None, 'Run directory written by glow_tf.train.')
 flags.DEFINE_enum('mode', 'grid', list(MODES), 'What to draw.')
 flags.DEFINE_string('output_dir', None, 'Where PNGs go. Default: <model_dir>/figures.')
@@ -34,7 +31,7 @@ flags.DEFINE_integer(
   8,
   'grid: N for an N x N grid per temperature, sampled in one batch. Refused up front if '
   f'the PNG would exceed {MAX_PNG_SIDE} pixels a side (N <= 240 for the 8x8 digits) or one '
-  f'coupling activation of the batch {MAX_ACTIVATION_BYTES // 2**30} GiB.',
+  f'coupling activation of the batch {runs.MAX_ACTIVATION_BYTES // 2**30} GiB.',
   lower_bound=1,
 )
 flags.DEFINE_integer(
@@ -78,10 +75,10 @@ def _write(output_dir, name, picture):
 
 def check_request(run: runs.Run, what: str, batch: int, rows: int, columns: int) -> None:
   """Refuses a drawing of `rows x columns` images, sampled or decoded `batch` at a time,
-  whose PNG or batch would not fit (see MAX_PNG_SIDE, MAX_ACTIVATION_BYTES).
+  whose PNG or batch would not fit (see MAX_PNG_SIDE, runs.check_batch).
 
   Raises:
-    SampleError: naming `what` asked for it and the largest size that fits.
+    SampleError, runs.RunError: naming `what` asked for it and the largest size that fits.
   """
   height, width, channels = run.model_config.image_shape
   blank = tf.zeros([2, height, width, channels])
@@ -94,15 +91,7 @@ def check_request(run: runs.Run, what: str, batch: int, rows: int, columns: int)
       f'{what} asks for {rows} x {columns} images of {height}x{width} in one PNG, '
       f'{side} pixels a side; at most {most} a side fit in {MAX_PNG_SIDE} pixels.'
     )
-  hidden = max(run.model_config.width, 4 * channels)
-  per_image = (height // 2) * (width // 2) * hidden * 4
-  if batch * per_image > MAX_ACTIVATION_BYTES:
-    raise SampleError(
-      f'{what} asks for a batch of {batch} images; at most {MAX_ACTIVATION_BYTES // per_image} '
-      f'fit this model ({height}x{width} images, width {run.model_config.width}: '
-      f'{per_image} bytes each per coupling activation, at most '
-      f'{MAX_ACTIVATION_BYTES // 2**30} GiB).'
-    )
+  runs.check_batch(run, what, batch)
 
 
 def check_output_dir(output_dir: str) -> None:

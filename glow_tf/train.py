@@ -1,7 +1,7 @@
 """Trains Glow: `python -m glow_tf.train` (the embedded digits by default).
 
 Flags left unset take their value from `--preset` (digits, tiny, cifar10_paper).
-Rerunning the same command resumes from the latest checkpoint in --model_dir.
+Rerunning the same command resumes from the newest intact checkpoint in --model_dir.
 """
 
 import dataclasses

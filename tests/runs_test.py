@@ -77,3 +77,14 @@ def test_checkpoints_none_of_which_restores_are_named(run):
     match=r'none can be restored: ckpt-4: no \.index file: .*; ckpt-2: no \.index file',
   ):
     runs.load_run(run)
+
+
+def test_check_batch_refuses_a_batch_beyond_a_gib_per_activation(run):
+  loaded = runs.load_run(run)  # 8x8 digits at width 16: 4 x 4 x 16 float32 = 1 KiB an image.
+  runs.check_batch(loaded, '--num_images=1048576', 2**20)
+  with pytest.raises(
+    runs.RunError,
+    match=r'--num_images=1048577 asks for a batch of 1048577 images; at most 1048576 fit this '
+    r'model \(8x8 images, width 16: 1024 bytes each',
+  ):
+    runs.check_batch(loaded, '--num_images=1048577', 2**20 + 1)
