@@ -20,7 +20,9 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from glow_tf import cli
 
 FLAGS = flags.FLAGS
 
@@ -35,12 +37,14 @@ MEASURES = (
   'mirrored',
   'recompute',
 )
-flags.DEFINE_integer('image_size', 32, 'Images are image_size x image_size x channels.')
-flags.DEFINE_integer('channels', 3, 'Image channels.')
-flags.DEFINE_integer('levels', 3, 'L.')
-flags.DEFINE_integer('depth', 8, 'K, steps per level.')
-flags.DEFINE_integer('width', 400, 'Coupling network width.')
-flags.DEFINE_integer('batch_size', 16, 'Images per step.')
+flags.DEFINE_integer(
+  'image_size', 32, 'Images are image_size x image_size x channels.', lower_bound=2
+)
+flags.DEFINE_integer('channels', 3, 'Image channels.', lower_bound=1)
+flags.DEFINE_integer('levels', 3, 'L.', lower_bound=1)
+flags.DEFINE_integer('depth', 8, 'K, steps per level.', lower_bound=1)
+flags.DEFINE_integer('width', 400, 'Coupling network width.', lower_bound=1)
+flags.DEFINE_integer('batch_size', 16, 'Images per step.', lower_bound=1)
 flags.DEFINE_enum('xla', 'off', ['off', 'on', 'both'], 'XLA for the training step.')
 flags.DEFINE_list('measures', list(MEASURES), f'Which of {",".join(MEASURES)}.')
 flags.DEFINE_list('models', ['glow_tf', 'tfb_glow'], 'Which of glow_tf, tfb_glow.')
@@ -548,32 +552,30 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.run_main('glow_tf.benchmark', lambda: benchmark(argv), argv)
+
+
+def _check_flags() -> list[str]:
+  """The models to measure; raises cli.UserError for flags that cannot be measured."""
+  unknown = sorted(set(FLAGS.measures) - set(MEASURES))
+  if unknown:
+    raise cli.UserError(f'unknown measures {unknown}; expected some of {list(MEASURES)}.')
+  models = [m for m in FLAGS.models if m in ('glow_tf', 'tfb_glow')]
+  if len(models) != len(FLAGS.models) or not models:
+    raise cli.UserError(f'--models takes glow_tf and/or tfb_glow; got {FLAGS.models}.')
+  if FLAGS.image_size % (2**FLAGS.levels):
+    raise cli.UserError(
+      f'image_size must be a multiple of 2**levels = {2**FLAGS.levels}; got {FLAGS.image_size}.'
+    )
+  return models
+
+
+def benchmark(argv) -> None:
+  """Runs one worker measurement (--worker), or every measurement and prints the report."""
   if FLAGS.worker:
     print(json.dumps(run_worker(json.loads(FLAGS.worker))))
     return
-  unknown = sorted(set(FLAGS.measures) - set(MEASURES))
-  if unknown:
-    print(
-      f'glow_tf.benchmark: error: unknown measures {unknown}; expected some of {list(MEASURES)}.',
-      file=sys.stderr,
-    )
-    sys.exit(2)
-  models = [m for m in FLAGS.models if m in ('glow_tf', 'tfb_glow')]
-  if len(models) != len(FLAGS.models):
-    print(
-      f'glow_tf.benchmark: error: --models takes glow_tf and/or tfb_glow; got {FLAGS.models}.',
-      file=sys.stderr,
-    )
-    sys.exit(2)
-  if FLAGS.image_size % (2**FLAGS.levels):
-    print(
-      f'glow_tf.benchmark: error: image_size must be a multiple of 2**levels = '
-      f'{2**FLAGS.levels}; got {FLAGS.image_size}.',
-      file=sys.stderr,
-    )
-    sys.exit(2)
+  models = _check_flags()
   shape = Shape(
     FLAGS.image_size, FLAGS.channels, FLAGS.levels, FLAGS.depth, FLAGS.width, FLAGS.batch_size
   )
@@ -599,7 +601,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app('glow_tf.benchmark', main)
 
 
 if __name__ == '__main__':

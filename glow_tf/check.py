@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 import glow_tf
 from glow_tf import bijectors as gb
@@ -32,13 +32,32 @@ from glow_tf import cli, health, nn, runs
 from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
 
 FLAGS = flags.FLAGS
+MIN_CROP, MAX_CROP = 2, 16
+
+
+def crop_problem(crop: int) -> str | None:
+  """Why `crop` cannot size the Jacobian crops, or None if it can."""
+  if not isinstance(crop, int) or crop % 2 or not MIN_CROP <= crop <= MAX_CROP:
+    return f'crop must be an even size in {MIN_CROP}..{MAX_CROP}; got {crop!r}.'
+  return None
+
 
 flags.DEFINE_string('model_dir', None, 'Run directory written by glow_tf.train.')
 flags.DEFINE_integer('num_images', 8, 'Test images to check with.', lower_bound=1)
-flags.DEFINE_integer('crop', 4, 'Spatial size of the crops for Jacobians.', lower_bound=2)
+flags.DEFINE_integer(
+  'crop',
+  4,
+  f'Spatial size of the crops for Jacobians: even (a squeeze halves it), {MIN_CROP}..{MAX_CROP} '
+  '(the Jacobian has (crop*crop*channels)**2 entries).',
+)
 flags.DEFINE_bool('json', False, 'Print the figures as JSON instead of a table.')
 flags.DEFINE_bool('averaged', True, 'Check the Polyak-averaged weights (as served).')
 flags.mark_flag_as_required('model_dir')
+flags.register_validator(
+  'crop',
+  lambda crop: crop_problem(crop) is None,
+  message=f'expected even, in {MIN_CROP}..{MAX_CROP}',
+)
 
 ROUND_TRIP_RTOL = 1e-4
 LOG_DET_RTOL = 1e-6
@@ -102,6 +121,9 @@ def _condition(bijector):
 
 def check_run(run: runs.Run, x, label=None, crop: int = 4) -> list[Figure]:
   """Every figure of the checks above, for images `x` (model space) of `run`."""
+  problem = crop_problem(crop)
+  if problem:
+    raise cli.UserError(problem)
   layers = [m for m in run.flow.submodules if isinstance(m, nn.ActNormLayer)]
   missing = [layer.name for layer in layers if not layer.is_initialized()]
   figures = [Figure('actnorm', ', '.join(missing) or f'all {len(layers)}', None, len(missing), 0.0)]
@@ -146,6 +168,7 @@ def main(argv):
 
 def check() -> int:
   run = runs.load_run(FLAGS.model_dir, averaged=FLAGS.averaged)
+  runs.check_batch(run, f'--num_images={FLAGS.num_images}', FLAGS.num_images)
   x, label = runs.test_images(run, FLAGS.num_images)
   figures = check_run(run, x, label, FLAGS.crop)
   failed = [f for f in figures if not f.ok]
@@ -177,7 +200,7 @@ def check() -> int:
 
 def run():
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run_app('glow_tf.check', main)
 
 
 if __name__ == '__main__':

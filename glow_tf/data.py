@@ -15,6 +15,9 @@ import collections
 import dataclasses
 import math
 import os
+import threading
+import urllib.error
+import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +27,7 @@ __all__ = [
   'DataError',
   'DataSource',
   'centre',
+  'check_splits',
   'dequantize',
   'eval_dataset',
   'load',
@@ -37,6 +41,10 @@ FOLDER_PREFIX = 'folder:'
 # Fixed split: a RandomState(0) permutation; the first 1,497 train, the last 300 test.
 DIGITS_NUM_BINS = 17
 DIGITS_NUM_TEST = 300
+# TFDS downloads from here (its own mirror, and many datasets' files); `--download` checks
+# it answers before TFDS's retries, which take ~3.5 minutes to give up without a network.
+TFDS_DOWNLOAD_URL = 'https://storage.googleapis.com/'
+PROBE_SECONDS = 10.0
 
 
 class DataError(ValueError):
@@ -178,15 +186,30 @@ def _load_tfds(name, data_dir, download, n_bits, image_size) -> DataSource:
     raise DataError(
       f'TFDS dataset {name!r} has no "image" feature; got features {list(features.keys())}.'
     )
+  if download and not builder.is_prepared():
+    problem = unreachable(TFDS_DOWNLOAD_URL)
+    if problem:
+      raise DataError(
+        f'--download of {name!r} needs internet, and {TFDS_DOWNLOAD_URL} (where TFDS '
+        f'downloads from) does not answer: {problem}. Connect, or pass --data_dir pointing '
+        'at a prepared copy.'
+      )
+    try:
+      builder.download_and_prepare()
+    except OSError as e:  # requests' ConnectionError and friends are OSErrors.
+      reason = ' '.join(str(e).split())[:200]
+      raise DataError(
+        f'--download of {name!r} failed ({type(e).__name__}: {reason}); pass --data_dir '
+        'pointing at a prepared copy, or retry once the connection works.'
+      ) from e
   known_splits = dict(builder.info.splits)
   test_split = _test_split(known_splits)
   try:
-    if download:
-      builder.download_and_prepare()
-    splits = {
-      k: builder.as_dataset(split=s, shuffle_files=False)
-      for k, s in (('train', 'train'), ('test', test_split))
-    }
+    splits = {'train': builder.as_dataset(split='train', shuffle_files=False)}
+    if known_splits and test_split not in known_splits:  # Training refuses; sampling uses train.
+      splits['test'] = splits['train'].take(0)
+    else:
+      splits['test'] = builder.as_dataset(split=test_split, shuffle_files=False)
   except AssertionError as e:  # TFDS's "could not find data", raised at once without download.
     raise DataError(
       f'TFDS dataset {name!r} is not prepared in {data_dir or tfds.core.constants.DATA_DIR}; '
@@ -201,6 +224,29 @@ def _load_tfds(name, data_dir, download, n_bits, image_size) -> DataSource:
   return _from_features(
     name, splits, features['image'].shape, n_bits, image_size, num_classes, sizes
   )
+
+
+def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
+  """None if `url` answers an HTTP HEAD within `timeout` seconds (any status), else why not.
+
+  Honours the usual proxy variables, as TFDS's downloads do. A DNS lookup that hangs
+  counts against the same `timeout`.
+  """
+  outcome = []
+
+  def probe():
+    try:
+      urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout).close()
+      outcome.append(None)
+    except urllib.error.HTTPError:  # An answer, even an error status: the host is reachable.
+      outcome.append(None)
+    except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, bad URLs.
+      outcome.append(str(getattr(e, 'reason', None) or e))
+
+  thread = threading.Thread(target=probe, daemon=True)
+  thread.start()
+  thread.join(timeout + 1.0)
+  return outcome[0] if outcome else f'no answer within {timeout:g} s'
 
 
 BAD_FILE_POLICIES = ('skip', 'fail')
@@ -376,6 +422,29 @@ def load(
   if source.num_train == 0:
     raise DataError(f'dataset {dataset!r} has no training images.')
   return source
+
+
+def check_splits(source: DataSource, global_batch: int) -> None:
+  """Refuses, before training starts, a source without the splits a training run reads.
+
+  Training needs at least one global batch of training images, and test images:
+  it evaluates on them every `eval_every` steps and at the end.
+  """
+  if source.num_train < global_batch:
+    raise DataError(
+      f'the training split of {source.name!r} has {source.num_train} images, '
+      f'fewer than one global batch ({global_batch}).'
+    )
+  if source.num_test == 0:
+    if source.name.startswith(FOLDER_PREFIX):
+      root = source.name[len(FOLDER_PREFIX) :]
+      expected = f'usable images in {os.path.join(root, "test")}/<label>/*.png'
+    else:
+      expected = 'a "test" or "validation" split'
+    raise DataError(
+      f'dataset {source.name!r} has no test images; training evaluates on them every '
+      f'eval_every steps and at the end, so it needs {expected}.'
+    )
 
 
 def dequantize(pixels: tf.Tensor, num_bins: int, seed) -> tf.Tensor:

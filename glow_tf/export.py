@@ -5,7 +5,7 @@ serving_default/log_prob, log_prob_float, sample, encode and decode; it loads wi
 TensorFlow alone (see glow_tf/export_lib.py for the exact preprocessing).
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from glow_tf import cli, export_lib
 
@@ -34,7 +34,7 @@ def export() -> None:
 
 def run():
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  cli.run_app('glow_tf.export', main)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import tempfile
 
 import tensorflow as tf
 
-from glow_tf import data, runs
+from glow_tf import data, runs, train_lib
 from glow_tf import flow as flow_lib
 
 __all__ = ['ExportError', 'GlowServing', 'export_run', 'signature_names']
@@ -127,18 +127,106 @@ def signature_names():
   return ('serving_default', 'log_prob', 'log_prob_float', 'sample', 'encode', 'decode')
 
 
-def _check_export_dir(export_dir: str, overwrite: bool) -> None:
-  if os.path.exists(export_dir):
-    if not os.path.isdir(export_dir):
+# What export_run writes: a SavedModel, its facts, and optionally the TFLite file.
+FACTS_FILE = os.path.join('assets.extra', 'glow_tf.json')
+EXPORT_ENTRIES = frozenset(
+  {'saved_model.pb', 'fingerprint.pb', 'variables', 'assets', 'assets.extra', 'log_prob.tflite'}
+)
+SEARCH_LIMIT = 10_000  # Entries looked at below a directory --overwrite would replace.
+
+
+def _is_run(path: str) -> bool:
+  """Whether `path` is (or was) a training run directory."""
+  return any(
+    os.path.exists(os.path.join(path, name))
+    for name in (train_lib.CONFIG_FILE, train_lib.CHECKPOINT_DIR, train_lib.LOCK_FILE)
+  )
+
+
+def _run_at_or_below(path: str) -> str | None:
+  """A run directory at or below `path`, or None; ExportError if there is too much to search."""
+  seen = 0
+  for root, dirs, files in os.walk(path):
+    if _is_run(root):
+      return root
+    seen += len(dirs) + len(files)
+    if seen > SEARCH_LIMIT:
+      raise ExportError(
+        f'export_dir {path!r} holds more than {SEARCH_LIMIT} entries; an export holds a few. '
+        'It is not replaced; choose another --export_dir.'
+      )
+  return None
+
+
+def _ancestors(path: str):
+  """The directories above `path`, nearest first."""
+  while os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+    yield path
+
+
+def _check_export_dir(export_dir: str, overwrite: bool, model_dir: str) -> str:
+  """Returns `export_dir` resolved, or raises ExportError if it must not be written.
+
+  An export never replaces a run or anything holding one: `export_dir` may not be
+  `model_dir`, lie above it, lie inside a run's checkpoints, or be a run itself.
+  `overwrite` replaces only a previous glow_tf export (its SavedModel files and
+  `assets.extra/glow_tf.json`, nothing else, and no run below it).
+  """
+  target, run = os.path.realpath(export_dir), os.path.realpath(model_dir)
+  if target == run or run.startswith(target + os.sep):
+    where = 'is' if target == run else 'contains'
+    raise ExportError(
+      f'export_dir {export_dir!r} {where} the run directory {model_dir!r}; an export goes '
+      f'in a directory of its own, e.g. {os.path.join(model_dir, "export")!r}.'
+    )
+  for parent in [target, *_ancestors(target)]:
+    if os.path.basename(parent) == train_lib.CHECKPOINT_DIR and _is_run(os.path.dirname(parent)):
+      raise ExportError(
+        f'export_dir {export_dir!r} is inside the checkpoints of the run '
+        f'{os.path.dirname(parent)!r}; an export goes in a directory of its own.'
+      )
+  if os.path.exists(target):
+    if not os.path.isdir(target):
       raise ExportError(f'export_dir {export_dir!r} exists and is not a directory.')
-    if os.listdir(export_dir) and not overwrite:
+    if _is_run(target):
+      raise ExportError(
+        f'export_dir {export_dir!r} is a training run directory; it is never replaced.'
+      )
+    entries = set(os.listdir(target))
+    if entries and not overwrite:
       raise ExportError(
         f'export_dir {export_dir!r} exists and is not empty; pass --overwrite to replace it.'
       )
-  parent = os.path.dirname(os.path.abspath(export_dir))
+    if entries:
+      if not os.path.isfile(os.path.join(target, 'saved_model.pb')) or not os.path.isfile(
+        os.path.join(target, FACTS_FILE)
+      ):
+        raise ExportError(
+          f'export_dir {export_dir!r} is not a glow_tf export (expected saved_model.pb and '
+          f'{FACTS_FILE}); --overwrite only replaces a previous export.'
+        )
+      others = sorted(entries - EXPORT_ENTRIES)
+      if others:
+        raise ExportError(
+          f'export_dir {export_dir!r} holds files an export does not write: {others[:5]}; '
+          '--overwrite only replaces a previous export, and would delete them.'
+        )
+      below = _run_at_or_below(target)
+      if below:
+        raise ExportError(
+          f'export_dir {export_dir!r} holds the training run {below!r}; it is never replaced.'
+        )
+  parent = os.path.dirname(target)
+  blocker = parent
+  while not os.path.exists(blocker):
+    blocker = os.path.dirname(blocker)
+  if not os.path.isdir(blocker):
+    raise ExportError(f'export_dir {export_dir!r} lies under {blocker!r}, which is a file.')
   os.makedirs(parent, exist_ok=True)
   if not os.access(parent, os.W_OK):
     raise ExportError(f'cannot write to {parent!r} (permission denied).')
+  return target
 
 
 def export_run(
@@ -156,7 +244,7 @@ def export_run(
   Raises:
     runs.RunError, ExportError: naming the problem; nothing is written then.
   """
-  _check_export_dir(export_dir, overwrite)
+  target = _check_export_dir(export_dir, overwrite, model_dir)
   run = runs.load_run(model_dir)
   if tflite and run.num_classes is not None:
     raise ExportError(
@@ -164,7 +252,7 @@ def export_run(
       f'{model_dir!r} is class-conditional.'
     )
   module = GlowServing(run.flow, run.num_bins, run.model_config)
-  parent = os.path.dirname(os.path.abspath(export_dir))
+  parent = os.path.dirname(target)
   staging = tempfile.mkdtemp(prefix='.glow_export-', dir=parent)
   try:
     tf.saved_model.save(module, staging, signatures=module.signatures())
@@ -183,15 +271,15 @@ def export_run(
         f.write(module.tflite_log_prob())
       facts['tflite'] = 'log_prob.tflite'
     os.makedirs(os.path.join(staging, 'assets.extra'), exist_ok=True)
-    with open(os.path.join(staging, 'assets.extra', 'glow_tf.json'), 'w') as f:
+    with open(os.path.join(staging, FACTS_FILE), 'w') as f:
       json.dump(facts, f, indent=2, sort_keys=True)
-    if os.path.exists(export_dir):
+    if os.path.exists(target):  # Empty, or a previous export (_check_export_dir).
       previous = f'{staging}.previous'
-      os.rename(export_dir, previous)
-      os.rename(staging, export_dir)
+      os.rename(target, previous)
+      os.rename(staging, target)
       shutil.rmtree(previous)
     else:
-      os.rename(staging, export_dir)
+      os.rename(staging, target)
   finally:
     if os.path.exists(staging):
       shutil.rmtree(staging)

@@ -13,7 +13,11 @@ from glow_tf import flow as flow_lib
 
 tfd = tfp.distributions
 
-__all__ = ['Run', 'RunError', 'load_run', 'test_images']
+__all__ = ['Run', 'RunError', 'check_batch', 'load_run', 'test_images']
+
+# A batch through the flow is refused up front when one activation of the first level's
+# coupling networks (batch x H/2 x W/2 x width float32) would exceed this.
+MAX_ACTIVATION_BYTES = 2**30
 
 
 class RunError(ValueError):
@@ -61,21 +65,25 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     RunError: naming what is missing.
   """
   if not tf.io.gfile.isdir(model_dir):
-    raise RunError(f'run directory {model_dir!r} does not exist.')
+    what = 'is not a directory' if tf.io.gfile.exists(model_dir) else 'does not exist'
+    raise RunError(f'run directory {model_dir!r} {what}.')
   try:
     values = train_lib.load_run_config(model_dir)
+    config = train_lib.TrainConfig.from_dict(values['train'])
+    model_config = flow_lib.GlowConfig.from_dict(
+      {**values['model'], 'image_shape': tuple(values['model']['image_shape'])}
+    )
+    num_bins = int(values['data']['num_bins'])
   except train_lib.ConfigError as e:
     raise RunError(str(e)) from e
-  config = train_lib.TrainConfig.from_dict(values['train'])
-  model_config = flow_lib.GlowConfig.from_dict(
-    {**values['model'], 'image_shape': tuple(values['model']['image_shape'])}
-  )
-  latest = tf.train.latest_checkpoint(os.path.join(model_dir, train_lib.CHECKPOINT_DIR))
-  if latest is None:
+  except (KeyError, TypeError, ValueError) as e:
     raise RunError(
-      f'run {model_dir!r} has no checkpoint yet (nothing in '
-      f'{os.path.join(model_dir, train_lib.CHECKPOINT_DIR)}).'
-    )
+      f'{os.path.join(model_dir, train_lib.CONFIG_FILE)!r} does not describe a glow_tf run '
+      f'({type(e).__name__}: {e}); expected the config.json glow_tf.train writes.'
+    ) from e
+  directory = os.path.join(model_dir, train_lib.CHECKPOINT_DIR)
+  if not train_lib.has_checkpoint_files(directory):
+    raise RunError(f'run {model_dir!r} has no checkpoint yet (nothing in {directory}).')
   flow = flow_lib.build_glow(model_config)
   classifier = flow_lib.build_classifier(model_config) if model_config.num_classes else None
   variables = list(flow.trainable_variables)
@@ -86,7 +94,15 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
   parts = dict(flow=flow, ema=ema, step=step)
   if classifier is not None:
     parts['classifier'] = classifier
-  tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+  checkpoint = tf.train.Checkpoint(**parts)
+  try:
+    restored = train_lib.restore_newest_intact(
+      directory,
+      lambda prefix: checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched(),
+      advice=f'{model_dir!r} cannot be used until one of them is repaired.',
+    )
+  except train_lib.ConfigError as e:
+    raise RunError(str(e)) from e
   if averaged:
     for average, variable in zip(ema.averages, variables):
       variable.assign(average)
@@ -96,10 +112,27 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     classifier,
     config,
     model_config,
-    values['data']['num_bins'],
-    latest,
+    num_bins,
+    restored.path,
     int(step.numpy()),
   )
+
+
+def check_batch(run: Run, what: str, batch: int) -> None:
+  """Refuses a batch of `batch` images through `run`'s flow that would not fit in memory.
+
+  Raises:
+    RunError: naming `what` asked for it and the largest batch that fits.
+  """
+  height, width, channels = run.model_config.image_shape
+  per_image = (height // 2) * (width // 2) * max(run.model_config.width, 4 * channels) * 4
+  if batch * per_image > MAX_ACTIVATION_BYTES:
+    raise RunError(
+      f'{what} asks for a batch of {batch} images; at most {MAX_ACTIVATION_BYTES // per_image} '
+      f'fit this model ({height}x{width} images, width {run.model_config.width}: '
+      f'{per_image} bytes each per coupling activation, at most '
+      f'{MAX_ACTIVATION_BYTES // 2**30} GiB).'
+    )
 
 
 def test_images(run: Run, count: int, label: int | None = None):

@@ -1,14 +1,14 @@
 """Trains Glow: `python -m glow_tf.train` (the embedded digits by default).
 
 Flags left unset take their value from `--preset` (digits, tiny, cifar10_paper).
-Rerunning the same command resumes from the latest checkpoint in --model_dir.
+Rerunning the same command resumes from the newest intact checkpoint in --model_dir.
 """
 
 import dataclasses
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from glow_tf import cli, data, optim, train_lib
 from glow_tf import flow as flow_lib
@@ -100,7 +100,13 @@ flags.DEFINE_integer(
   'eval_every', None, 'Steps between test evaluations and sample grids.', lower_bound=1
 )
 flags.DEFINE_integer('checkpoint_every', None, 'Steps between checkpoints.', lower_bound=1)
-flags.DEFINE_integer('seed', None, 'Seeds weights, data order and dequantisation noise.')
+flags.DEFINE_integer(
+  'seed',
+  None,
+  'Seeds weights, data order and dequantisation noise (an int32).',
+  lower_bound=train_lib.SEED_RANGE[0],
+  upper_bound=train_lib.SEED_RANGE[1],
+)
 flags.DEFINE_enum(
   'strategy',
   None,
@@ -192,7 +198,7 @@ def train() -> int:
 
 def run():
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  cli.run_app('glow_tf.train', main)
 
 
 if __name__ == '__main__':

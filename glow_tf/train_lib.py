@@ -6,12 +6,16 @@ tests and notebooks call `train_and_evaluate` directly.
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import re
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,16 @@ STRATEGIES = ('default', 'mirrored', 'multi_worker')
 CONFIG_FILE = 'config.json'
 RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
+# tf.train.CheckpointManager's files in CHECKPOINT_DIR: the state file, `ckpt-N.index`,
+# `ckpt-N.data-K-of-M`, and `ckpt-N_temp/` while a save is under way.
+CHECKPOINT_STATE = 'checkpoint'
+CHECKPOINT_FILE = re.compile(r'ckpt-(\d+)\.(?:index|data-(\d+)-of-(\d+))')
+# Held (flock) by the process that trains in a run directory; the kernel releases it
+# when that process ends, however it ends.
+LOCK_FILE = 'train.lock'
+SEED_RANGE = (-(2**31), 2**31 - 1)  # Seeds reach TF's stateless ops as int32.
+# What a failed write raises: ENOSPC/EDQUOT are ResourceExhausted in TF, EACCES PermissionDenied.
+WRITE_ERRORS = (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)
 # Fields that define the model and its data: a run directory keeps them forever.
 IDENTITY_FIELDS = (
   'dataset',
@@ -150,6 +164,7 @@ class TrainConfig:
       ('permutation', self.permutation in flow_lib.PERMUTATIONS, f'one of {flow_lib.PERMUTATIONS}'),
       ('optimizer', self.optimizer in optim.OPTIMIZERS, f'one of {optim.OPTIMIZERS}'),
       ('strategy', self.strategy in STRATEGIES, f'one of {STRATEGIES}'),
+      ('seed', SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], 'an int32 (-2**31 .. 2**31-1)'),
     ]
     for name, ok, expected in checks:
       if not ok:
@@ -288,8 +303,45 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         'strategy multi_worker needs the TF_CONFIG environment variable '
         '(cluster and this task); it is not set.'
       )
+    check_tf_config(os.environ['TF_CONFIG'])
     return tf.distribute.MultiWorkerMirroredStrategy()
   raise ConfigError(f'strategy must be one of {STRATEGIES}; got {name!r}.')
+
+
+_TF_CONFIG_EXAMPLE = (
+  '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+)
+
+
+def check_tf_config(text: str) -> None:
+  """Raises ConfigError, naming what is wrong, unless `text` is a usable TF_CONFIG."""
+  try:
+    values = json.loads(text)
+  except ValueError as e:
+    raise ConfigError(f'TF_CONFIG is not JSON ({e}); expected e.g. {_TF_CONFIG_EXAMPLE}.') from e
+  cluster = values.get('cluster') if isinstance(values, dict) else None
+  task = values.get('task') if isinstance(values, dict) else None
+  problem = None
+  if not isinstance(cluster, dict) or not cluster:
+    problem = f'"cluster" must map job names to lists of "host:port"; got {cluster!r}'
+  elif not all(
+    isinstance(hosts, list) and hosts and all(isinstance(h, str) and ':' in h for h in hosts)
+    for hosts in cluster.values()
+  ):
+    problem = f'every job of "cluster" must be a non-empty list of "host:port"; got {cluster!r}'
+  elif not isinstance(task, dict) or not isinstance(task.get('type'), str):
+    problem = f'"task" must be {{"type": <job>, "index": <int>}}; got {task!r}'
+  elif task['type'] != 'evaluator' and task['type'] not in cluster:
+    problem = f'task type {task["type"]!r} is not a job of the cluster {sorted(cluster)}'
+  elif task['type'] != 'evaluator' and not (
+    isinstance(task.get('index'), int)
+    and not isinstance(task.get('index'), bool)
+    and 0 <= task['index'] < len(cluster[task['type']])
+  ):
+    count = len(cluster[task['type']])
+    problem = f'task index must be an int in 0..{count - 1}; got {task.get("index")!r}'
+  if problem:
+    raise ConfigError(f'TF_CONFIG: {problem}; expected e.g. {_TF_CONFIG_EXAMPLE}.')
 
 
 def _is_chief(strategy) -> tuple[bool, int]:
@@ -300,26 +352,249 @@ def _is_chief(strategy) -> tuple[bool, int]:
   return resolver.task_type == 'chief' or (resolver.task_type == 'worker' and task_id == 0), task_id
 
 
-def _write_json(path: str, values: dict[str, Any]) -> None:
+def _error_line(error: BaseException, limit: int = 160) -> str:
+  """`Type: first line of the message`, without TF's `{{function_node ...}}` prefix."""
+  text = getattr(error, 'message', None) or str(error)
+  text = re.sub(r'\{\{[^}]*\}\}\s*', '', text).strip()
+  line = text.splitlines()[0] if text else ''
+  if len(line) > limit:
+    line = line[: limit - 3] + '...'
+  return f'{type(error).__name__}: {line}' if line else type(error).__name__
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: never half a file.
+
+  Raises:
+    ConfigError: if it cannot be written (disk full, permissions); nothing is left behind.
+  """
   tmp = f'{path}.tmp-{os.getpid()}'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    json.dump(values, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  try:
+    with tf.io.gfile.GFile(tmp, 'w') as f:
+      f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except WRITE_ERRORS as e:
+    with contextlib.suppress(*WRITE_ERRORS, tf.errors.NotFoundError):
+      tf.io.gfile.remove(tmp)
+    raise ConfigError(f'cannot write {path!r} ({_error_line(e)}).') from e
+
+
+def _write_json(path: str, values: dict[str, Any]) -> None:
+  _write_atomically(path, json.dumps(values, indent=2, sort_keys=True))
 
 
 def load_run_config(model_dir: str) -> dict[str, Any]:
-  """The `config.json` a training run wrote: train config, model config and data facts."""
+  """The `config.json` a training run wrote: train config, model config and data facts.
+
+  Raises:
+    ConfigError: if it is missing, not JSON, or lacks its `train`, `model` and `data` parts.
+  """
   path = os.path.join(model_dir, CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     raise ConfigError(f'{model_dir!r} is not a glow_tf run directory: no {CONFIG_FILE}.')
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  if tf.io.gfile.isdir(path):
+    raise ConfigError(f'{path!r} is a directory; expected the {CONFIG_FILE} glow_tf.train writes.')
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      values = json.load(f)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ConfigError(
+      f'{path!r} is not valid JSON ({e}); expected the {CONFIG_FILE} glow_tf.train writes.'
+    ) from e
+  parts = ('train', 'model', 'data')
+  if not isinstance(values, dict) or not all(isinstance(values.get(k), dict) for k in parts):
+    found = sorted(values) if isinstance(values, dict) else type(values).__name__
+    raise ConfigError(
+      f'{path!r} is not a glow_tf run config: expected the objects {list(parts)}; got {found}.'
+    )
+  return values
 
 
 def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """What `restore_newest_intact` did.
+
+  Attributes:
+    path: the checkpoint restored (a prefix, `.../ckpt-N`), or None: no checkpoint files.
+    skipped: one `ckpt-N: why` per newer checkpoint that could not be used.
+    state_ok: the state file is readable and names `path` (nothing to repair).
+    kept: the checkpoints up to `path` whose files are complete, oldest first.
+  """
+
+  path: str | None
+  skipped: tuple[str, ...] = ()
+  state_ok: bool = True
+  kept: tuple[str, ...] = ()
+
+
+def _checkpoint_files(directory: str) -> tuple[dict[int, str | None], str | None, int | None]:
+  """The checkpoints in `directory` and what its state file says.
+
+  Returns:
+    `{step: None if its files are complete, else why not}`; why the state file cannot
+    be used (None if it can, or if there is none); the step it names as the latest.
+  """
+  try:
+    names = tf.io.gfile.listdir(directory) if tf.io.gfile.isdir(directory) else []
+  except tf.errors.NotFoundError:
+    names = []
+  shards: dict[int, dict[str, Any]] = {}
+  for name in names:
+    match = CHECKPOINT_FILE.fullmatch(name)
+    if match:
+      files = shards.setdefault(int(match[1]), dict(index=False, data=set(), of=0))
+      if match[2] is None:
+        files['index'] = True
+      else:
+        files['data'].add(int(match[2]))
+        files['of'] = max(files['of'], int(match[3]))
+  state_problem, recorded = None, None
+  if CHECKPOINT_STATE in names:
+    try:
+      state = tf.train.get_checkpoint_state(directory)  # None: not a CheckpointState.
+    except ValueError:  # Empty, or no model_checkpoint_path.
+      state = None
+    match = state and CHECKPOINT_FILE.fullmatch(
+      os.path.basename(state.model_checkpoint_path) + '.index'
+    )
+    if not match:
+      state_problem = f'{CHECKPOINT_STATE!r} is unreadable or names no ckpt-N'
+    else:
+      recorded = int(match[1])
+      if recorded not in shards:
+        state_problem = f'{CHECKPOINT_STATE!r} names ckpt-{recorded}, whose files are missing'
+  problems = {}
+  for step, files in shards.items():
+    missing = files['of'] - len(files['data'])
+    if recorded is not None and step > recorded:
+      problems[step] = (
+        f'newer than ckpt-{recorded}, the latest recorded: a save that did not finish'
+      )
+    elif not files['index']:
+      problems[step] = 'no .index file: a save that did not finish'
+    elif not files['data']:
+      problems[step] = 'no .data file'
+    elif missing:
+      problems[step] = f'{missing} of its {files["of"]} .data files are missing'
+    else:
+      problems[step] = None
+  return problems, state_problem, recorded
+
+
+def has_checkpoint_files(directory: str) -> bool:
+  """Whether `directory` holds any checkpoint file (complete or not) or a state file."""
+  problems, state_problem, recorded = _checkpoint_files(directory)
+  return bool(problems) or state_problem is not None or recorded is not None
+
+
+def restore_newest_intact(
+  directory: str, restore: Callable[[str], Any], advice: str = ''
+) -> Restored:
+  """Restores the newest intact checkpoint of `directory` with `restore(prefix)`.
+
+  A checkpoint is intact when its `.index` and all its `.data` files exist, it is not
+  newer than the latest one the state file records (that is a save that did not
+  finish), and `restore` succeeds. Newer checkpoints that are not intact are skipped,
+  each named in a warning with the reason. An unreadable state file, or one that names
+  a missing checkpoint, does not hide the intact checkpoints beside it.
+
+  Raises:
+    ConfigError: if checkpoint files exist but none is intact (then nothing was
+      changed; `advice` ends the message). A run is never silently started over.
+  """
+  problems, state_problem, recorded = _checkpoint_files(directory)
+  if not problems and state_problem is None:
+    return Restored(None)
+  skipped = [] if state_problem is None else [state_problem]
+  for step in sorted(problems, reverse=True):
+    prefix = os.path.join(directory, f'ckpt-{step}')
+    problem = problems[step]
+    if problem is None:
+      try:
+        restore(prefix)
+      except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+        # IndexError: what TF raises for a truncated .data file.
+        problem = f'does not restore ({_error_line(e)})'
+    if problem is not None:
+      skipped.append(f'ckpt-{step}: {problem}')
+      logging.warning('%s: skipped ckpt-%d: %s', directory, step, problem)
+      continue
+    if state_problem:
+      logging.warning('%s: %s; used the newest intact checkpoint', directory, state_problem)
+    kept = tuple(
+      os.path.join(directory, f'ckpt-{s}')
+      for s in sorted(problems)
+      if s <= step and not problems[s]
+    )
+    return Restored(prefix, tuple(skipped), state_problem is None and recorded == step, kept)
+  raise ConfigError(
+    f'{directory!r} holds checkpoint files but none can be restored: {"; ".join(skipped)}. '
+    f'Nothing was changed. {advice}'.strip()
+  )
+
+
+def _write_checkpoint_state(directory: str, latest: str, kept) -> None:
+  """Rewrites CheckpointManager's state file: `latest`, and `kept` (oldest first) to rotate.
+
+  The timestamps (the files' mtimes) make the manager rotate `kept` as its own: the
+  oldest is deleted only once `keep_checkpoints` newer ones exist.
+  """
+  times = [tf.io.gfile.stat(f'{p}.index').mtime_nsec / 1e9 for p in kept]
+  lines = [f'model_checkpoint_path: "{os.path.basename(latest)}"']
+  lines += [f'all_model_checkpoint_paths: "{os.path.basename(p)}"' for p in kept]
+  lines += [f'all_model_checkpoint_timestamps: {t!r}' for t in times]
+  lines.append(f'last_preserved_timestamp: {min(times, default=time.time()) - 1.0!r}')
+  _write_atomically(os.path.join(directory, CHECKPOINT_STATE), '\n'.join(lines) + '\n')
+  logging.warning('%s: %s now names %s as the latest', directory, CHECKPOINT_STATE, latest)
+
+
+def _remove_partial_saves(directory: str) -> None:
+  """Deletes `ckpt-N_temp/` directories: a save writes there first, so one left behind
+  (killed, or failed on a full disk) never holds a complete checkpoint."""
+  if not tf.io.gfile.isdir(directory):
+    return
+  for name in tf.io.gfile.listdir(directory):
+    name = name.rstrip('/')
+    if re.fullmatch(r'ckpt-\d+_temp', name):
+      tf.io.gfile.rmtree(os.path.join(directory, name))
+
+
+@contextlib.contextmanager
+def run_lock(model_dir: str):
+  """Holds `model_dir`'s training lock, or raises ConfigError naming the process holding it.
+
+  An flock on `model_dir/train.lock`: the kernel drops it when the holder exits, even
+  on kill -9, so it is never left stuck. The file says who holds it (pid, host, since).
+  Paths that are not local files (gs://...) cannot be locked and are used unlocked.
+  """
+  if '://' in model_dir:
+    logging.warning('%s is not a local path: two trainings into it cannot be prevented', model_dir)
+    yield
+    return
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+      raise ConfigError(
+        f'{model_dir!r} is already being trained ({holder}); wait for that run to end, '
+        'or use another --model_dir.'
+      ) from None
+    os.ftruncate(fd, 0)
+    since = time.strftime('%Y-%m-%d %H:%M:%S')
+    os.pwrite(fd, f'pid {os.getpid()} on {socket.gethostname()}, since {since}\n'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
 
 
 class Trainer:
@@ -365,24 +640,45 @@ class Trainer:
       lr_scale=self.lr_scale,
       **({'classifier': self.classifier} if self.classifier else {}),
     )
-    directory = os.path.join(model_dir, CHECKPOINT_DIR)
-    if not self.is_chief:  # Other workers write their (identical) copy aside and delete it.
-      directory = os.path.join(model_dir, '.worker_tmp', f'worker_{self.task_id}')
-    self.manager = tf.train.CheckpointManager(
-      self.checkpoint, directory, max_to_keep=config.keep_checkpoints
-    )
+    self._manager = None
     self._compute_grads = tf.function(self._grads_and_metrics, jit_compile=config.jit_compile)
     self._train_step = tf.function(self._distributed_train_step)
     self._eval_step = tf.function(self._distributed_eval_step)
 
   # ---- state -----------------------------------------------------------------------------
 
+  @property
+  def manager(self) -> tf.train.CheckpointManager:
+    """Writes and rotates this run's checkpoints (created once the state file is sound)."""
+    if self._manager is None:
+      directory = os.path.join(self.model_dir, CHECKPOINT_DIR)
+      if not self.is_chief:  # Other workers write their (identical) copy aside and delete it.
+        directory = os.path.join(self.model_dir, '.worker_tmp', f'worker_{self.task_id}')
+      self._manager = tf.train.CheckpointManager(
+        self.checkpoint, directory, max_to_keep=self.config.keep_checkpoints
+      )
+    return self._manager
+
   def restore_or_initialize(self) -> str:
-    """Restores the latest checkpoint, or initialises ActNorm on a training batch."""
-    latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIR))
-    if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
-      return f'restored {latest} at step {int(self.step.numpy())}'
+    """Restores the newest intact checkpoint, or initialises ActNorm on a training batch.
+
+    Incomplete or unrestorable checkpoints are skipped with a warning naming them (see
+    `restore_newest_intact`); the chief then points the state file at the one restored.
+    If checkpoint files exist but none restores, raises ConfigError: a run with
+    checkpoints is never re-initialised.
+    """
+    directory = os.path.join(self.model_dir, CHECKPOINT_DIR)
+    restored = restore_newest_intact(
+      directory,
+      lambda prefix: self.checkpoint.restore(prefix).assert_existing_objects_matched(),
+      advice='If config.json was lost, rerun with the flags this run was started with; '
+      'to start over, move the run directory away or use another --model_dir.',
+    )
+    if restored.path:
+      if self.is_chief and not restored.state_ok:
+        _write_checkpoint_state(directory, restored.path, restored.kept)
+      self._manager = None  # Reads the state file afresh.
+      return f'restored {restored.path} at step {int(self.step.numpy())}'
     init_batch = min(self.config.init_batch_size, self.source.num_train)
     x, _ = next(iter(data.train_dataset(self.source, init_batch, self.config.seed)))
     with self.strategy.scope():
@@ -397,7 +693,24 @@ class Trainer:
     return [v for m in modules for v in m.variables] + counters
 
   def save(self) -> str | None:
-    path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+    """Writes a checkpoint of the current step.
+
+    Raises:
+      ConfigError: if it cannot be written (disk full, permissions). The partial save
+        is removed and the previous checkpoint is untouched; the message names it.
+    """
+    step = int(self.step.numpy())
+    try:
+      path = self.manager.save(checkpoint_number=step)
+    except WRITE_ERRORS as e:
+      _remove_partial_saves(self.manager.directory)
+      kept = self.manager.latest_checkpoint
+      raise ConfigError(
+        f'cannot write checkpoint ckpt-{step} in {self.manager.directory!r} '
+        f'({_error_line(e)}); '
+        + (f'{kept} is intact' if kept else 'no checkpoint was written before')
+        + '. Free space or fix permissions, then rerun the same command to resume.'
+      ) from e
     if not self.is_chief:
       tf.io.gfile.rmtree(self.manager.directory)
     return path
@@ -535,22 +848,60 @@ class Trainer:
       )
 
 
-def _check_run_dir(config: TrainConfig, model_dir: str, run_values: dict[str, Any]) -> None:
-  """Refuses a model_dir holding a different model; writes config.json for a new one."""
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if tf.io.gfile.exists(path):
+def _check_model_dir(model_dir: str) -> None:
+  """Refuses a model_dir that is a file, or lies under one."""
+  if '://' in model_dir:  # Remote (gs://...): only the path itself can be checked cheaply.
+    blocker = model_dir if tf.io.gfile.exists(model_dir) else None
+  else:
+    blocker = os.path.abspath(model_dir)
+    while not os.path.exists(blocker):
+      blocker = os.path.dirname(blocker)
+  if blocker and not tf.io.gfile.isdir(blocker):
+    own = blocker in (model_dir, os.path.abspath(model_dir))
+    where = 'is a file' if own else f'lies under {blocker!r}, which is a file'
+    raise ConfigError(
+      f'model_dir {model_dir!r} {where}; expected a run directory (existing or new).'
+    )
+
+
+def _check_run_dir(model_dir: str, run_values: dict[str, Any]) -> None:
+  """Refuses a model_dir whose checkpoints belong to another model or data.
+
+  config.json binds a run once it has checkpoints. A run that stopped before its first
+  checkpoint holds no model: its config.json is replaced (with a warning).
+  """
+  if not tf.io.gfile.exists(os.path.join(model_dir, CONFIG_FILE)):
+    return
+  has_checkpoints = has_checkpoint_files(os.path.join(model_dir, CHECKPOINT_DIR))
+  try:
     previous = load_run_config(model_dir)['train']
-    changed = {
-      k: (previous.get(k), run_values['train'][k])
-      for k in IDENTITY_FIELDS
-      if previous.get(k) != run_values['train'][k]
-    }
-    if changed:
+  except ConfigError as e:
+    if has_checkpoints:
       raise ConfigError(
-        f'{model_dir!r} holds a run with a different model or data: '
-        + ', '.join(f'{k} was {a!r}, now {b!r}' for k, (a, b) in sorted(changed.items()))
-        + '. Use another --model_dir.'
-      )
+        f'{e} The checkpoints of {model_dir!r} cannot be checked against the flags: restore '
+        f'{CONFIG_FILE}, or delete it to have training write it again once the flags are '
+        'known to fit the checkpoints.'
+      ) from e
+    logging.warning('%s: replacing an unusable %s of a run without checkpoints', model_dir, e)
+    return
+  changed = {
+    k: (previous.get(k), run_values['train'][k])
+    for k in IDENTITY_FIELDS
+    if previous.get(k) != run_values['train'][k]
+  }
+  differences = ', '.join(f'{k} was {a!r}, now {b!r}' for k, (a, b) in sorted(changed.items()))
+  if changed and has_checkpoints:
+    raise ConfigError(
+      f'{model_dir!r} holds a run with a different model or data: {differences}. '
+      'Use another --model_dir.'
+    )
+  if changed:
+    logging.warning(
+      '%s: replacing the %s of a run that has no checkpoint (%s)',
+      model_dir,
+      CONFIG_FILE,
+      differences,
+    )
 
 
 def train_and_evaluate(
@@ -561,8 +912,15 @@ def train_and_evaluate(
   Leaves in `model_dir`: `config.json`, `checkpoints/`, TensorBoard logs
   (`train/`, `test/`), sample grids (`samples/`), and `results.json` with the
   final test bits/dim of the Polyak-averaged weights.
+
+  Before step 0 it checks every input: the data (a training split of at least one
+  global batch, a non-empty test split), the model against the data, `model_dir`
+  against its config.json and checkpoints; and it holds `model_dir`'s lock, so a
+  second training into it is refused. config.json is written only once the run is
+  known to be consistent (checkpoint restored, or a new run initialised).
   """
   strategy = strategy or make_strategy(config.strategy)
+  _check_model_dir(model_dir)
   source = data.load(
     config.dataset,
     config.data_dir,
@@ -572,11 +930,7 @@ def train_and_evaluate(
     config.bad_files,
   )
   global_batch = config.global_batch_size(strategy.num_replicas_in_sync)
-  if source.num_train < global_batch:
-    raise ConfigError(
-      f'the training split of {source.name!r} has {source.num_train} images, '
-      f'fewer than one global batch ({global_batch}).'
-    )
+  data.check_splits(source, global_batch)
   model_config = config.model_config(source)
   run_values = dict(
     train=config.to_dict(),
@@ -589,12 +943,20 @@ def train_and_evaluate(
       num_test=source.num_test,
     ),
   )
-  _check_run_dir(config, model_dir, run_values)
+  is_chief, _ = _is_chief(strategy)
+  with run_lock(model_dir) if is_chief else contextlib.nullcontext():
+    return _train_and_evaluate(config, model_dir, strategy, source, run_values)
+
+
+def _train_and_evaluate(config, model_dir, strategy, source, run_values) -> dict[str, Any]:
+  """`train_and_evaluate` once the inputs are checked (and the chief holds the lock)."""
+  _check_run_dir(model_dir, run_values)
   trainer = Trainer(config, model_dir, source, strategy)
   if trainer.is_chief:
-    tf.io.gfile.makedirs(model_dir)
-    _write_json(os.path.join(model_dir, CONFIG_FILE), run_values)
+    _remove_partial_saves(os.path.join(model_dir, CHECKPOINT_DIR))
   logging.info('%s: %s', model_dir, trainer.restore_or_initialize())
+  if trainer.is_chief:  # Only now: the flags are known to fit the data and the checkpoints.
+    _write_json(os.path.join(model_dir, CONFIG_FILE), run_values)
   writers = {
     k: tf.summary.create_file_writer(os.path.join(model_dir, k))
     if trainer.is_chief
@@ -612,7 +974,7 @@ def train_and_evaluate(
       config.train_steps,
       source.num_train,
       source.image_shape,
-      global_batch,
+      trainer.global_batch,
       trainer.num_replicas,
       sum(int(np.prod(v.shape)) for v in trainer.variables),
     )
@@ -758,7 +1120,12 @@ def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> fl
       tf.summary.image(f'samples/temperature_{temperature:g}', sheet[np.newaxis], step=step)
   if trainer.is_chief:
     sheet = images.labelled_rows(grids)
-    images.write_png(os.path.join(trainer.model_dir, 'samples', f'step_{step:07d}.png'), sheet)
+    paths = [os.path.join(trainer.model_dir, 'samples', f'step_{step:07d}.png')]
     if final:
-      images.write_png(os.path.join(trainer.model_dir, 'samples.png'), sheet)
+      paths.append(os.path.join(trainer.model_dir, 'samples.png'))
+    for path in paths:
+      try:
+        images.write_png(path, sheet)
+      except WRITE_ERRORS as e:
+        raise ConfigError(f'cannot write {path!r} ({_error_line(e)}).') from e
   return test_bpd

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import glow_tf
 from glow_tf import bijectors as gb
-from glow_tf import check, data, health, nn, runs, train_lib
+from glow_tf import check, cli, data, health, nn, runs, train_lib
 
 CHECKS = {'actnorm', 'nonfinite', 'round_trip', 'condition', 'log_det', 'model_round_trip'}
 
@@ -151,3 +151,11 @@ def test_walk_passes_the_label_to_a_class_conditional_top_prior():
   )
   with pytest.raises(ValueError, match='needs a label'):
     health.walk(flow, x)
+
+
+@pytest.mark.parametrize('crop', [3, 0, 18])
+def test_a_crop_no_squeeze_can_take_or_too_large_is_refused_up_front(trained, crop):
+  run = runs.load_run(trained)
+  x, label = runs.test_images(run, 1)
+  with pytest.raises(cli.UserError, match=rf'crop must be an even size in 2\.\.16; got {crop}'):
+    check.check_run(run, x, label, crop)

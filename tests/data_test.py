@@ -208,3 +208,89 @@ def test_folder_images_of_several_sizes_need_image_size(tmp_path):
   with pytest.raises(data.DataError, match=r'have sizes .* pass --image_size'):
     data.load(f'folder:{root}')
   assert data.load(f'folder:{root}', image_size=4).image_shape == (4, 4, 3)
+
+
+def test_download_without_a_network_fails_in_seconds_in_one_line(tmp_path, monkeypatch):
+  probed = []
+
+  def retries_for_minutes(self, **kwargs):  # What TFDS does without a network: ~3.5 minutes.
+    raise RuntimeError('download_and_prepare ran; the probe should have refused first')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', retries_for_minutes)
+  monkeypatch.setattr(
+    data,
+    'unreachable',
+    lambda url, *a, **k: probed.append(url) or 'Name or service not known',
+    raising=False,
+  )
+  started = time.time()
+  with pytest.raises(
+    data.DataError,
+    match=r"--download of 'mnist' needs internet, and https://storage\.googleapis\.com/ .* does "
+    r'not answer: Name or service not known\. Connect, or pass --data_dir',
+  ):
+    data.load('mnist', data_dir=str(tmp_path), download=True)
+  assert time.time() - started < 30 and probed == ['https://storage.googleapis.com/']
+
+
+def test_a_download_that_fails_midway_is_one_line(tmp_path, monkeypatch):
+  import requests
+
+  def refused(self, **kwargs):
+    raise requests.exceptions.ConnectionError('Max retries exceeded with url: /mnist.gz\n(more)')
+
+  monkeypatch.setattr(data, 'unreachable', lambda *a, **k: None, raising=False)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', refused)
+  with pytest.raises(
+    data.DataError,
+    match=r"--download of 'mnist' failed \(ConnectionError: Max retries .* \(more\)\)",
+  ):
+    data.load('mnist', data_dir=str(tmp_path), download=True)
+
+
+def test_the_reachability_probe_against_a_local_server(monkeypatch):
+  import http.server
+  import threading
+
+  for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
+    monkeypatch.delenv(name, raising=False)
+
+  class NotFound(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):
+      self.send_response(404)  # An answer is an answer.
+      self.end_headers()
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.HTTPServer(('127.0.0.1', 0), NotFound)
+  url = f'http://127.0.0.1:{server.server_port}/'
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    assert data.unreachable(url, timeout=5) is None
+  finally:
+    server.shutdown()
+    server.server_close()
+  started = time.time()
+  assert 'refused' in data.unreachable(url, timeout=5).lower()
+  assert time.time() - started < 5
+
+
+@pytest.mark.parametrize('splits', [('train',), ('train', 'test')])
+def test_check_splits_refuses_a_folder_without_usable_test_images(tmp_path, splits):
+  root = write_folder(str(tmp_path / 'images'), splits=('train',))
+  if 'test' in splits:  # A test folder whose only file is not an image.
+    os.makedirs(os.path.join(root, 'test', 'a'))
+    with open(os.path.join(root, 'test', 'a', 'x.png'), 'wb') as f:
+      f.write(b'not a png')
+  source = data.load(f'folder:{root}')
+  assert source.num_test == 0
+  with pytest.raises(
+    data.DataError,
+    match=r"dataset 'folder:.*' has no test images; training evaluates on them every eval_every "
+    r'steps and at the end, so it needs usable images in .*/images/test/<label>/\*\.png',
+  ):
+    data.check_splits(source, 4)
+  with pytest.raises(data.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
+    data.check_splits(source, 8)
+  data.check_splits(data.load(f'folder:{write_folder(str(tmp_path / "both"))}'), 4)

@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -215,12 +217,16 @@ def user_lines(result):
 @pytest.mark.slow
 def test_export_cli_refuses_bad_input_and_overwrites_only_when_asked(exported, tmp_path):
   run_dir, export_dir, _ = exported
-  before = digest(export_dir)
+  before, run_before = digest(export_dir), digest(run_dir)
   cases = [
     ([f'--model_dir={tmp_path / "missing"}', f'--export_dir={tmp_path / "out"}'], 'does not exist'),
     (
       [f'--model_dir={run_dir}', f'--export_dir={export_dir}'],
       'exists and is not empty; pass --overwrite',
+    ),
+    (
+      [f'--model_dir={run_dir}', f'--export_dir={run_dir}', '--overwrite'],
+      'is the run directory',
     ),
   ]
   no_checkpoint = tmp_path / 'no_checkpoint'
@@ -234,7 +240,7 @@ def test_export_cli_refuses_bad_input_and_overwrites_only_when_asked(exported, t
     assert result.returncode == 2
     lines = user_lines(result)
     assert len(lines) == 1 and message in lines[0], lines
-  assert digest(export_dir) == before
+  assert digest(export_dir) == before and digest(run_dir) == run_before
   assert not (tmp_path / 'out').exists() and not (tmp_path / 'out2').exists()
 
   replaced = run_export(f'--model_dir={run_dir}', f'--export_dir={export_dir}', '--overwrite')
@@ -259,3 +265,45 @@ def test_tflite_log_prob_matches_the_saved_model(exported, tmp_path):
   saved = tf.saved_model.load(export_dir).signatures['log_prob'](images=tf.constant(images))
   np.testing.assert_allclose(lite['log_prob'], saved['log_prob'], rtol=1e-4)
   np.testing.assert_allclose(lite['bits_per_dim'], saved['bits_per_dim'], rtol=1e-4)
+
+
+def test_overwrite_replaces_only_a_previous_export_never_a_run(exported, tmp_path):
+  run_dir, export_dir, facts = exported
+  if facts['num_classes']:
+    return  # One model is enough: this is about directories.
+  root = tmp_path / 'runs'
+  run, other = root / 'a', root / 'b'
+  shutil.copytree(run_dir, run)
+  shutil.copytree(run_dir, other)
+  notes = tmp_path / 'notes'
+  notes.mkdir()
+  (notes / 'todo.txt').write_text('keep me')
+  previous, with_extra, hiding_a_run = [tmp_path / n for n in ('previous', 'extra', 'hiding')]
+  for path in (previous, with_extra, hiding_a_run):
+    shutil.copytree(export_dir, path)
+  (with_extra / 'README').write_text('mine')
+  shutil.copytree(run_dir, hiding_a_run / 'assets' / 'run')
+  before = digest(tmp_path)
+  cases = [
+    (run, 'is the run directory'),
+    (root, 'contains the run directory'),
+    (tmp_path, 'contains the run directory'),
+    (run / 'checkpoints', 'is inside the checkpoints of the run'),
+    (run / 'checkpoints' / 'export', 'is inside the checkpoints of the run'),
+    (other, 'is a training run directory; it is never replaced'),
+    (notes, 'is not a glow_tf export (expected saved_model.pb and assets.extra/glow_tf.json)'),
+    (with_extra, "holds files an export does not write: ['README']"),
+    (hiding_a_run, f"holds the training run '{hiding_a_run / 'assets' / 'run'}'"),
+    (notes / 'todo.txt' / 'export', "lies under '{}', which is a file".format(notes / 'todo.txt')),
+  ]
+  for path, message in cases:
+    with pytest.raises(export_lib.ExportError, match=re.escape(message)):
+      export_lib.export_run(str(run), str(path), overwrite=True)
+  assert digest(tmp_path) == before
+  facts = export_lib.export_run(str(run), str(previous), overwrite=True)
+  assert facts['step'] == 4 and tf.saved_model.load(str(previous)).signatures['sample'] is not None
+  assert not [n for n in os.listdir(tmp_path) if n.startswith('.glow_export')]
+  link = tmp_path / 'link'
+  link.symlink_to(previous)
+  export_lib.export_run(str(run), str(link), overwrite=True)  # Replaces the target.
+  assert link.is_symlink() and (previous / 'saved_model.pb').exists()

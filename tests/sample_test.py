@@ -184,3 +184,32 @@ def test_bad_input_exits_nonzero_with_one_line(trained, tmp_path, which, args, m
   assert len(lines) == 1 and message in lines[0], lines
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (
+      ['--grid_size=1000'],
+      '--grid_size=1000 asks for 1000 x 1000 images of 8x8 in one PNG, 68004 pixels a side; '
+      'at most 240 a side fit in 16384 pixels.',
+    ),
+    (['--mode=interpolate', '--steps=300'], 'at most 240 a side fit in 16384 pixels.'),
+    (['--mode=class', '--per_class=500'], 'at most 240 a side fit in 16384 pixels.'),
+    (['--output_dir={file}'], 'is a file; expected a directory for the PNGs.'),
+    (['--output_dir={file}/figures'], "lies under '{file}', a file; expected a directory"),
+  ],
+)
+def test_a_request_that_cannot_be_written_is_refused_up_front(trained, tmp_path, args, message):
+  file = tmp_path / 'file.png'
+  file.write_text('x')
+  args = [a.format(file=file) for a in args]
+  message = message.format(file=file)
+  if not any(a.startswith('--output_dir') for a in args):
+    args.append(f'--output_dir={tmp_path / "out"}')
+  result = run_cli(f'--model_dir={trained["conditional"]}', *args)
+  lines = [line for line in result.stderr.splitlines() if line.startswith('glow_tf.sample: error:')]
+  assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'out').exists() and file.read_text() == 'x'

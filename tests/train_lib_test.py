@@ -1,13 +1,16 @@
 """Tests of glow_tf.train_lib: the training loop, distribution, resumption, non-finite steps."""
 
+import fcntl
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from glow_tf import data, nn, train_lib
+from tests.data_test import write_folder
 
 TINY = train_lib.PRESETS['tiny']
 
@@ -231,3 +234,248 @@ def test_a_signal_saves_a_checkpoint_and_stops(tmp_path, digits):
     train_lib._train_loop(trainer, writers, 0, received=[15])
   assert e.value.exit_status == 143
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-1')
+
+
+# ---- The run directory is never rewound, overwritten or shared ------------------------------
+
+SHORT = TINY.replace(train_steps=4, checkpoint_every=2, eval_every=100)
+
+
+@pytest.fixture(scope='module')
+def short_run(tmp_path_factory):
+  """A finished run with checkpoints ckpt-2 and ckpt-4."""
+  run = str(tmp_path_factory.mktemp('short') / 'run')
+  train_lib.train_and_evaluate(SHORT, run)
+  return run
+
+
+def copy_run(short_run, tmp_path):
+  run = str(tmp_path / 'run')
+  shutil.copytree(short_run, run, ignore=shutil.ignore_patterns('train.lock'))
+  return run
+
+
+def contents(directory):
+  """Every file's bytes, but the lock (which says who trained last)."""
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in set(names) - {'train.lock'}:
+      with open(os.path.join(root, name), 'rb') as f:
+        out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+  return out
+
+
+def cut(path, keep):
+  with open(path, 'rb') as f:
+    head = f.read()[:keep]
+  with open(path, 'wb') as f:
+    f.write(head)
+
+
+DAMAGES = {
+  'garbage state file': lambda d: open(f'{d}/checkpoint', 'w').write('garbage {{{\n'),
+  'empty state file': lambda d: open(f'{d}/checkpoint', 'w').close(),
+  'state names a missing checkpoint': lambda d: open(f'{d}/checkpoint', 'w').write(
+    'model_checkpoint_path: "ckpt-99"\nall_model_checkpoint_paths: "ckpt-99"\n'
+  ),
+  'truncated data': lambda d: cut(f'{d}/ckpt-4.data-00000-of-00001', 1000),
+  'truncated index': lambda d: cut(f'{d}/ckpt-4.index', 40),
+  'missing index': lambda d: os.remove(f'{d}/ckpt-4.index'),
+  'missing data': lambda d: os.remove(f'{d}/ckpt-4.data-00000-of-00001'),
+}
+
+
+@pytest.mark.parametrize(
+  'damage, step, reason',
+  [
+    ('garbage state file', 4, "'checkpoint' is unreadable"),
+    ('empty state file', 4, "'checkpoint' is unreadable"),
+    ('state names a missing checkpoint', 4, 'names ckpt-99, whose files are missing'),
+    ('truncated data', 2, 'ckpt-4: does not restore'),
+    ('truncated index', 2, 'ckpt-4: does not restore'),
+    ('missing index', 2, 'ckpt-4: no .index file'),
+    ('missing data', 2, 'ckpt-4: no .data file'),
+  ],
+)
+def test_a_damaged_checkpoint_is_skipped_and_named_never_reinitialised(
+  short_run, tmp_path, digits, caplog, damage, step, reason
+):
+  run = copy_run(short_run, tmp_path)
+  directory = os.path.join(run, 'checkpoints')
+  DAMAGES[damage](directory)
+  intact = {k: v for k, v in contents(directory).items() if k.startswith(f'ckpt-{step}.')}
+  trainer = train_lib.Trainer(SHORT, run, digits, tf.distribute.get_strategy())
+  with caplog.at_level('WARNING'):
+    message = trainer.restore_or_initialize()
+  assert message == f'restored {directory}/ckpt-{step} at step {step}'
+  assert reason in ' '.join(r.getMessage() for r in caplog.records)
+  # The state file now names what was restored, and the manager saves after it.
+  assert tf.train.get_checkpoint_state(directory).model_checkpoint_path.endswith(f'ckpt-{step}')
+  trainer.step.assign(step + 1)
+  trainer.save()
+  after = contents(directory)
+  assert all(after[k] == v for k, v in intact.items())
+
+
+def test_checkpoints_none_of_which_restores_are_refused_and_left_alone(short_run, tmp_path):
+  run = copy_run(short_run, tmp_path)
+  directory = os.path.join(run, 'checkpoints')
+  for step in (2, 4):
+    cut(f'{directory}/ckpt-{step}.data-00000-of-00001', 1000)
+  before = contents(run)
+  with pytest.raises(
+    train_lib.ConfigError,
+    match=r'holds checkpoint files but none can be restored: ckpt-4: does not restore .*; '
+    r'ckpt-2: does not restore .* Nothing was changed',
+  ):
+    train_lib.train_and_evaluate(SHORT.replace(train_steps=6), run)
+  assert contents(run) == before
+
+
+def test_a_garbage_state_file_resumes_from_the_newest_checkpoint(short_run, tmp_path, caplog):
+  run = copy_run(short_run, tmp_path)
+  DAMAGES['garbage state file'](os.path.join(run, 'checkpoints'))
+  with caplog.at_level('INFO', logger='absl'):
+    resumed = train_lib.train_and_evaluate(SHORT.replace(train_steps=6), run)
+  assert resumed['step'] == 6
+  log = ' '.join(r.getMessage() for r in caplog.records)
+  assert 'restored ' + os.path.join(run, 'checkpoints', 'ckpt-4') + ' at step 4' in log
+  assert 'initialised' not in log
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(short_run, tmp_path):
+  run = copy_run(short_run, tmp_path)
+  os.remove(os.path.join(run, 'config.json'))
+  with pytest.raises(
+    train_lib.ConfigError,
+    match=r'none can be restored: ckpt-4: does not restore \(ValueError: Received incompatible',
+  ):
+    train_lib.train_and_evaluate(SHORT.replace(width=32), run)
+  assert not os.path.exists(os.path.join(run, 'config.json'))
+  assert train_lib.train_and_evaluate(SHORT.replace(train_steps=6), run)['step'] == 6
+  assert train_lib.load_run_config(run)['train']['width'] == 16
+
+
+def test_the_config_of_a_run_without_checkpoints_does_not_bind_it(short_run, tmp_path):
+  run = tmp_path / 'run'
+  run.mkdir()
+  stale = train_lib.load_run_config(short_run)
+  stale['train']['seed'] = 7  # As a run that crashed before its first checkpoint left it.
+  (run / 'config.json').write_text(json.dumps(stale))
+  assert train_lib.train_and_evaluate(SHORT.replace(train_steps=2), str(run))['step'] == 2
+  assert train_lib.load_run_config(str(run))['train']['seed'] == 0
+
+
+def test_a_second_training_into_a_run_is_refused_naming_the_first(tmp_path):
+  run = tmp_path / 'run'
+  run.mkdir()
+  with open(run / 'train.lock', 'w') as holder:  # What the first training holds.
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write('pid 12345 on elsewhere, since 2026-11-24 10:00:00\n')
+    holder.flush()
+    with pytest.raises(
+      train_lib.ConfigError,
+      match=r"'.*run' is already being trained \(pid 12345 on elsewhere, since .*\); wait",
+    ):
+      train_lib.train_and_evaluate(SHORT, str(run))
+  assert os.listdir(run) == ['train.lock']
+  # Released (as the kernel does when the first process dies): training goes ahead.
+  assert train_lib.train_and_evaluate(SHORT.replace(train_steps=2), str(run))['step'] == 2
+
+
+@pytest.mark.parametrize(
+  'below, match',
+  [('', r"model_dir '.*file' is a file; expected a run"), ('run', "lies under '.*file', which is")],
+)
+def test_a_model_dir_that_is_or_lies_under_a_file_is_refused(tmp_path, below, match):
+  path = tmp_path / 'file'
+  path.write_text('not a run')
+  with pytest.raises(train_lib.ConfigError, match=match):
+    train_lib.train_and_evaluate(SHORT, str(path / below) if below else str(path))
+  assert path.read_text() == 'not a run'
+
+
+@pytest.mark.parametrize(
+  'text, match',
+  [
+    ('{"train": ', 'is not valid JSON'),
+    ('{}', r"expected the objects \['train', 'model', 'data'\]"),
+  ],
+)
+def test_an_unusable_config_json_of_a_run_with_checkpoints_is_refused(
+  short_run, tmp_path, text, match
+):
+  run = copy_run(short_run, tmp_path)
+  with open(os.path.join(run, 'config.json'), 'w') as f:
+    f.write(text)
+  before = contents(run)
+  with pytest.raises(train_lib.ConfigError, match=match + '.*delete it to have training write'):
+    train_lib.train_and_evaluate(SHORT.replace(train_steps=6), run)
+  assert contents(run) == before
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_partial_files(tmp_path, digits, monkeypatch):
+  trainer = make_trainer(SHORT, tmp_path, digits)
+  trainer.step.assign(2)
+  kept = trainer.save()
+
+  def disk_full(prefix, options=None):
+    os.makedirs(f'{prefix}_temp')
+    with open(f'{prefix}_temp/part-00000-of-00001.data-00000-of-00001', 'wb') as f:
+      f.write(b'half a checkpoint')
+    raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
+
+  monkeypatch.setattr(trainer.checkpoint, '_write', disk_full)
+  trainer.step.assign(4)
+  with pytest.raises(
+    train_lib.ConfigError,
+    match=r'cannot write checkpoint ckpt-4 .*No space left on device\); .*ckpt-2 is intact\. Free',
+  ):
+    trainer.save()
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == [
+    'checkpoint',
+    'ckpt-2.data-00000-of-00001',
+    'ckpt-2.index',
+  ]
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')) == kept
+  assert make_trainer(SHORT, tmp_path, digits).step.numpy() == 2
+
+
+@pytest.mark.parametrize(
+  'tf_config, match',
+  [
+    ('{cluster', 'TF_CONFIG is not JSON'),
+    ('{}', '"cluster" must map job names to lists of "host:port"; got None'),
+    (
+      '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
+      r'task index must be an int in 0\.\.0; got 1',
+    ),
+    (
+      '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}',
+      r"task type 'chief' is not a job of the cluster \['worker'\]",
+    ),
+  ],
+)
+def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, match):
+  monkeypatch.setenv('TF_CONFIG', tf_config)
+  with pytest.raises(train_lib.ConfigError, match=match):
+    train_lib.make_strategy('multi_worker')
+
+
+@pytest.mark.parametrize('seed', [2**31, -(2**31) - 1])
+def test_a_seed_outside_int32_is_refused(seed):
+  with pytest.raises(train_lib.ConfigError, match=rf'seed must be an int32 .*; got {seed}'):
+    TINY.replace(seed=seed)
+
+
+def test_a_folder_without_usable_test_images_is_refused_before_step_0(tmp_path):
+  root = write_folder(str(tmp_path / 'images'), splits=('train',), per_label=20)
+  os.makedirs(os.path.join(root, 'test', 'a'))
+  with open(os.path.join(root, 'test', 'a', 'broken.png'), 'wb') as f:
+    f.write(b'not a png')
+  run = tmp_path / 'run'
+  with pytest.raises(
+    data.DataError, match=r'has no test images; .* needs usable images in .*/test/<label>/\*\.png'
+  ):
+    train_lib.train_and_evaluate(SHORT.replace(dataset=f'folder:{root}'), str(run))
+  assert not run.exists()

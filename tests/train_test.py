@@ -65,7 +65,7 @@ def test_flagfile_run_and_rerun_resumes(tmp_path):
 )
 def test_bad_flags_exit_nonzero_with_one_clear_line(tmp_path, args, message):
   result = run_cli(*QUICK, f'--model_dir={tmp_path / "run"}', *args)
-  assert result.returncode != 0
+  assert result.returncode == 2
   lines = error_lines(result)
   assert any(message in line for line in lines), lines
   assert 'Traceback' not in result.stderr
@@ -219,3 +219,49 @@ def test_unusable_paths_are_one_line_errors(tmp_path, args, message):
   lines = error_lines(result)
   assert len(lines) == 1 and message in lines[0], lines
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_second_training_is_refused_and_a_killed_one_leaves_no_stuck_lock(tmp_path):
+  run = tmp_path / 'run'
+  args = [
+    '--preset=tiny',
+    '--train_steps=100000',
+    '--checkpoint_every=5',
+    '--eval_every=100000',
+    f'--model_dir={run}',
+  ]
+  first = subprocess.Popen(
+    [sys.executable, '-m', 'glow_tf.train', *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    deadline = time.time() + 120
+    while latest_step(run) == 0 and time.time() < deadline:  # Training, with a checkpoint.
+      time.sleep(0.2)
+    second = run_cli(*args[:1], '--train_steps=3', *args[2:])
+    assert second.returncode == 2
+    lines = error_lines(second)
+    assert len(lines) == 1, lines
+    assert f'is already being trained (pid {first.pid} on ' in lines[0], lines
+  finally:
+    first.kill()
+    first.communicate()
+  reached = latest_step(run)
+  third = run_cli(*args[:1], f'--train_steps={reached + 2}', *args[2:])
+  assert third.returncode == 0, third.stderr[-2000:]
+  assert restored_step(third.stderr) == reached and 'initialised' not in third.stderr
+
+
+@pytest.mark.slow
+def test_a_garbage_state_file_resumes_instead_of_starting_over(tmp_path):
+  run = tmp_path / 'run'
+  first = run_cli(*QUICK, f'--model_dir={run}')
+  assert first.returncode == 0, first.stderr[-2000:]
+  (run / 'checkpoints' / 'checkpoint').write_text('garbage {{{\n')
+  again = run_cli(*QUICK, '--train_steps=6', f'--model_dir={run}')
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert restored_step(again.stderr) == 4 and 'initialised' not in again.stderr
+  assert "'checkpoint' is unreadable or names no ckpt-N" in again.stderr
