@@ -254,17 +254,29 @@ _LISTED = 20  # Bad files named in a message; the rest are counted.
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'  # Then IHDR: length, type, width, height, bit depth.
 
 
-def _folder_split(root, split):
-  """Files and integer labels of `root/split/<label>/*`, labels in sorted order."""
+def _folder_split(root, split, labels=None):
+  """Files and integer labels of `root/split/<label>/*`.
+
+  Labels are numbered in sorted order of the names given in `labels` (the training
+  split's), or of this split's own names when `labels` is None; a class directory
+  whose name is not among `labels` is refused, naming it.
+  """
   directory = os.path.join(root, split)
-  labels = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+  names = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+  labels = names if labels is None else labels
+  unknown = [n for n in names if n not in labels]
+  if unknown:
+    raise DataError(
+      f'{directory!r} has classes {unknown} that {os.path.join(root, "train")!r} does not; '
+      f'expected some of {labels} (labels are numbered by the training classes).'
+    )
   files, ids = [], []
-  for index, label in enumerate(labels):
+  for label in names:
     for name in sorted(os.listdir(os.path.join(directory, label))):
       path = os.path.join(directory, label, name)
       if os.path.isfile(path):
         files.append(path)
-        ids.append(index)
+        ids.append(labels.index(label))
   return files, ids, labels
 
 
@@ -334,8 +346,7 @@ def _load_folder(path, n_bits, image_size, bad_files) -> DataSource:
     if split not in subdirs:
       splits[split] = []
       continue
-    files, ids, names = _folder_split(path, split)
-    labels = labels or names
+    files, ids, labels = _folder_split(path, split, labels)
     kept, split_sizes, split_channels, _ = _validated(files, ids, bad_files, path)
     if channels is not None and split_channels not in (None, channels):
       raise DataError(

@@ -65,6 +65,26 @@ class GlowServing(tf.Module):
     """`images` with its static shape set, or an InvalidArgumentError naming both shapes."""
     return tf.ensure_shape(images, [None, *self._image_shape], name=f'check_{name}_shape')
 
+  def _checked_bins(self, images):
+    """uint8 `images` once their shape fits and every value is a bin, `0 .. num_bins - 1`."""
+    images = self._checked(images, 'images')
+    if self._num_bins >= 256:  # Every uint8 is a bin.
+      return images
+    check = tf.debugging.assert_less(
+      images,
+      tf.constant(self._num_bins, tf.uint8),
+      message=(
+        f'images hold bins 0..{self._num_bins - 1} (this model has num_bins={self._num_bins}; '
+        'reduce 8-bit pixels as floor(pixel * num_bins / 256)); got a larger value'
+      ),
+    )
+    with tf.control_dependencies([check]):
+      return tf.identity(images)
+
+  def _finite(self, tensor, what: str):
+    """`tensor`, or an InvalidArgumentError when it holds NaN or inf."""
+    return tf.debugging.assert_all_finite(tensor, f'{what} must be finite; got NaN or inf')
+
   def _scores(self, x, label):
     log_prob = self.flow.log_prob(x, bijector_kwargs=flow_lib.conditional_kwargs(label))
     return {
@@ -73,12 +93,17 @@ class GlowServing(tf.Module):
     }
 
   def _log_prob(self, images, label=None):
-    return self._scores(data.centre(self._checked(images, 'images'), self._num_bins), label)
+    return self._scores(data.centre(self._checked_bins(images), self._num_bins), label)
 
   def _log_prob_float(self, x, label=None):
     return self._scores(self._checked(x, 'x'), label)
 
   def _sample(self, num_samples, temperature, seed, label=None):
+    check = tf.debugging.assert_non_negative(
+      num_samples, message='num_samples must be >= 0; got a negative one'
+    )
+    with tf.control_dependencies([check]):
+      num_samples = tf.identity(num_samples)
     # The int64 seed, bitcast losslessly to the stateless int32 pair TFP expects.
     x = flow_lib.sample(
       self.flow, num_samples, temperature=temperature, seed=tf.bitcast(seed, tf.int32), label=label
@@ -86,7 +111,7 @@ class GlowServing(tf.Module):
     return {'images': tf.cast(data.to_pixels(x, self._num_bins), tf.uint8)}
 
   def _encode(self, images, label=None):
-    x = data.centre(self._checked(images, 'images'), self._num_bins)
+    x = data.centre(self._checked_bins(images), self._num_bins)
     latents = flow_lib.encode(self.flow, x, label=label)
     return {f'z_{i}': z for i, z in enumerate(latents)}
 
@@ -94,19 +119,28 @@ class GlowServing(tf.Module):
     latents = list(latents_and_label[: len(self._latent_shapes)])
     label = latents_and_label[len(self._latent_shapes)] if self._conditional else None
     latents = [
-      tf.ensure_shape(z, [None, *shape], name=f'check_z_{i}_shape')
+      self._finite(tf.ensure_shape(z, [None, *shape], name=f'check_z_{i}_shape'), f'z_{i}')
       for i, (z, shape) in enumerate(zip(latents, self._latent_shapes))
     ]
-    x = flow_lib.decode(self.flow, latents, label=label)
+    # Finite latents far outside N(0, I) can still overflow: no image is made of inf.
+    x = self._finite(flow_lib.decode(self.flow, latents, label=label), 'the decoded x')
     return {'images': tf.cast(data.to_pixels(x, self._num_bins), tf.uint8), 'x': x}
 
   def tflite_log_prob(self) -> bytes:
     """The `log_prob` signature as a TFLite flatbuffer (builtin ops only).
 
-    Traced with the static input shape `[None, H, W, C]`, so it needs no runtime
-    shape check (TFLite has no EnsureShape); a wrong shape fails at resize.
+    Traced with the static input shape `[None, H, W, C]`. TFLite has no EnsureShape
+    and lets a caller resize the input to any shape, so the images are reshaped to
+    `[batch, H, W, C]` with `batch` their first dimension: any other image size fails
+    in that reshape instead of being read as a different number of images.
     """
-    scores = tf.function(lambda images: self._scores(data.centre(images, self._num_bins), None))
+
+    def scores(images):
+      batch = tf.shape(images)[0]
+      images = tf.reshape(images, tf.stack([batch, *self._image_shape]))
+      return self._scores(data.centre(images, self._num_bins), None)
+
+    scores = tf.function(scores)
     concrete = scores.get_concrete_function(
       tf.TensorSpec([None, *self._image_shape], tf.uint8, name='images')
     )

@@ -237,6 +237,10 @@ def initialize(flow: tfd.Distribution, images) -> int:
   per-channel mean 0 and std 1. ActNorms already initialised (for example
   restored from a checkpoint) are left alone.
 
+  All or nothing: an empty batch, a batch with non-finite values, or statistics
+  that come out non-finite deeper in the flow raise ValueError, and every ActNorm
+  is then left exactly as it was.
+
   Under `tf.distribute`, call it in cross-replica context with the global batch:
   each replica's variables get the same values.
 
@@ -245,22 +249,74 @@ def initialize(flow: tfd.Distribution, images) -> int:
   """
   layers = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
   pending = [layer for layer in layers if not layer.is_initialized()]
-  if pending:
+  if not pending:
+    return 0
+  images = tf.convert_to_tensor(images, flow.dtype)
+  if images.shape.num_elements() == 0:
+    raise ValueError(
+      f'initialize needs a non-empty batch of images to take statistics from; got shape '
+      f'{images.shape}.'
+    )
+  nonfinite = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(images), tf.int32)))
+  if nonfinite:
+    raise ValueError(
+      f'initialize needs finite images; got {nonfinite} NaN or infinite values in a batch of '
+      f'shape {images.shape}. No ActNorm was changed.'
+    )
+  variables = [v for layer in pending for v in (layer.log_scale, layer.shift, layer.initialized)]
+  before = [tf.identity(v) for v in variables]
+  try:
     with nn.data_dependent_init():
-      # tf.identity: a new tensor, so no cached result from an earlier call is reused.
-      multiscale_flow(flow).forward(tf.identity(tf.convert_to_tensor(images, flow.dtype)))
+      multiscale_flow(flow).forward(images)
+    bad = [
+      layer.name
+      for layer in pending
+      if not all(np.all(np.isfinite(v.numpy())) for v in (layer.log_scale, layer.shift))
+    ]
+    if bad:
+      raise ValueError(
+        f'initialize took non-finite statistics in {len(bad)} ActNorm layer(s) '
+        f'({", ".join(bad[:3])}{", ..." if len(bad) > 3 else ""}): the activations overflow '
+        'on this batch. No ActNorm was changed.'
+      )
+  except BaseException:
+    for variable, value in zip(variables, before):
+      variable.assign(value)
+    raise
   return len(pending)
 
 
 def with_temperature(
   flow: tfd.TransformedDistribution, temperature: float
 ) -> tfd.TransformedDistribution:
-  """The same flow with base standard deviation `temperature` (it applies at every level)."""
+  """The same flow with base standard deviation `temperature` (it applies at every level).
+
+  Raises:
+    ValueError (or, for a value known only when a graph runs, InvalidArgumentError):
+      unless `temperature` is finite and >= 0.
+  """
   base = tfd.Sample(
-    tfd.Normal(tf.zeros([], flow.dtype), tf.cast(temperature, flow.dtype)),
+    tfd.Normal(tf.zeros([], flow.dtype), _checked_temperature(temperature, flow.dtype)),
     multiscale_flow(flow).latent_size,
   )
   return GlowDistribution(base, flow.bijector, name=flow.name)
+
+
+def _checked_temperature(temperature, dtype) -> tf.Tensor:
+  """`temperature` as a tensor, once it is finite and >= 0 (a normal's standard deviation)."""
+  temperature = tf.cast(temperature, dtype)
+  expected = 'temperature must be a finite number >= 0 (the base standard deviation)'
+  value = tf.get_static_value(temperature)
+  if value is not None:
+    if not (np.all(np.isfinite(value)) and np.all(value >= 0)):
+      raise ValueError(f'{expected}; got {value}.')
+    return temperature
+  checks = [
+    tf.debugging.assert_all_finite(temperature, f'{expected}; got NaN or inf'),
+    tf.debugging.assert_non_negative(temperature, message=f'{expected}; got a negative one'),
+  ]
+  with tf.control_dependencies(checks):
+    return tf.identity(temperature)
 
 
 def sample(

@@ -141,6 +141,8 @@ def conv2d_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
   (2x faster than Conv2D there); anything else is Conv2D.
   """
   size, _, in_channels, out_channels = kernel.shape
+  if x.shape[0] == 0:  # TF's CPU Conv2D would give it the input's channel count.
+    return tf.zeros([*dims(x)[:3], out_channels], x.dtype)
   if size == 1:
     flat = tf.reshape(x, [-1, in_channels]) @ tf.reshape(kernel, [in_channels, out_channels])
     batch, height, width, _ = dims(x)

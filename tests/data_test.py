@@ -294,3 +294,21 @@ def test_check_splits_refuses_a_folder_without_usable_test_images(tmp_path, spli
   with pytest.raises(data.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
     data.check_splits(source, 8)
   data.check_splits(data.load(f'folder:{write_folder(str(tmp_path / "both"))}'), 4)
+
+
+def test_folder_test_labels_are_numbered_by_the_training_classes(tmp_path):
+  root = str(tmp_path / 'images')
+  write_folder(root, splits=('train',), labels=('a', 'b', 'c'))
+  write_folder(root, splits=('test',), labels=('b', 'c'))
+  source = data.load(f'folder:{root}')
+  train_ids = {int(y) for _, y in source.train}
+  test_ids = {int(y) for _, y in source.test}
+  assert train_ids == {0, 1, 2} and test_ids == {1, 2}  # b and c keep train's 1 and 2.
+
+
+def test_a_folder_test_class_unknown_to_train_is_refused(tmp_path):
+  root = str(tmp_path / 'images')
+  write_folder(root, splits=('train',), labels=('a', 'b'))
+  write_folder(root, splits=('test',), labels=('a', 'z'))
+  with pytest.raises(data.DataError, match=r"has classes \['z'\] that .*train' does not"):
+    data.load(f'folder:{root}')

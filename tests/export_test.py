@@ -307,3 +307,74 @@ def test_overwrite_replaces_only_a_previous_export_never_a_run(exported, tmp_pat
   link.symlink_to(previous)
   export_lib.export_run(str(run), str(link), overwrite=True)  # Replaces the target.
   assert link.is_symlink() and (previous / 'saved_model.pb').exists()
+
+
+def test_a_value_that_is_not_a_bin_or_a_class_is_refused(exported):
+  run_dir, export_dir, _ = exported
+  model = tf.saved_model.load(export_dir)
+  conditional = runs.load_run(run_dir).num_classes is not None
+  kw = {'label': tf.constant([0, 1])} if conditional else {}
+  not_a_bin = np.zeros((2, 8, 8, 1), np.uint8)
+  not_a_bin[1, 3, 3, 0] = 17  # The digits have 17 bins, 0..16.
+  for name in ('log_prob', 'encode'):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r'images hold bins 0\.\.16'):
+      model.signatures[name](images=tf.constant(not_a_bin), **kw)
+  if conditional:
+    for label in ([0, 10], [-1, 0]):
+      with pytest.raises(tf.errors.InvalidArgumentError, match=r'class labels in 0\.\.9'):
+        model.signatures['log_prob'](images=tf.zeros([2, 8, 8, 1], tf.uint8), label=label)
+
+
+@pytest.mark.parametrize('temperature', [float('nan'), float('inf'), -0.5])
+def test_sample_refuses_a_temperature_that_is_not_a_standard_deviation(exported, temperature):
+  run_dir, export_dir, _ = exported
+  model = tf.saved_model.load(export_dir)
+  kw = {'label': tf.constant([0, 1])} if runs.load_run(run_dir).num_classes else {}
+  with pytest.raises(tf.errors.InvalidArgumentError, match='temperature must be a finite number'):
+    model.signatures['sample'](
+      num_samples=tf.constant(2),
+      temperature=tf.constant(temperature),
+      seed=tf.constant(1, tf.int64),
+      **kw,
+    )
+
+
+def test_decode_refuses_non_finite_latents_instead_of_drawing_zeros(exported):
+  run_dir, export_dir, facts = exported
+  model = tf.saved_model.load(export_dir)
+  kw = {'label': tf.constant([0, 1])} if runs.load_run(run_dir).num_classes else {}
+  latents = {f'z_{i}': np.zeros((2, *s), np.float32) for i, s in enumerate(facts['latent_shapes'])}
+  latents['z_0'][0, 0, 0, 0] = np.nan
+  with pytest.raises(tf.errors.InvalidArgumentError, match='z_0 must be finite'):
+    model.signatures['decode'](**latents, **kw)
+
+
+def test_an_empty_batch_gives_empty_results_in_every_signature(exported):
+  run_dir, export_dir, facts = exported
+  model = tf.saved_model.load(export_dir)
+  kw = {'label': tf.zeros([0], tf.int32)} if runs.load_run(run_dir).num_classes else {}
+  empty = tf.zeros([0, 8, 8, 1], tf.uint8)
+  assert model.signatures['log_prob'](images=empty, **kw)['bits_per_dim'].shape == (0,)
+  latents = model.signatures['encode'](images=empty, **kw)
+  assert [latents[f'z_{i}'].shape[1:] for i in range(len(latents))] == [
+    tuple(s) for s in facts['latent_shapes']
+  ]
+  assert model.signatures['decode'](**latents, **kw)['images'].shape == (0, 8, 8, 1)
+  out = model.signatures['sample'](
+    num_samples=tf.constant(0), temperature=tf.constant(0.7), seed=tf.constant(1, tf.int64), **kw
+  )
+  assert out['images'].shape == (0, 8, 8, 1)
+
+
+def test_tflite_refuses_an_input_resized_to_another_image_size(exported, tmp_path):
+  run_dir, _, facts = exported
+  if facts['num_classes']:
+    return  # TFLite export is for unconditional models.
+  export_lib.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
+  interpreter = tf.lite.Interpreter(model_path=str(tmp_path / 'lite' / 'log_prob.tflite'))
+  index = interpreter.get_input_details()[0]['index']
+  interpreter.resize_tensor_input(index, [2, 16, 16, 1])
+  with pytest.raises((RuntimeError, ValueError)):  # Four 8x8 images per 16x16 one, before.
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, np.zeros((2, 16, 16, 1), np.uint8))
+    interpreter.invoke()

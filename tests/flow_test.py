@@ -184,7 +184,9 @@ def test_log_prob_of_samples_uses_no_stale_cache():
 def test_log_prob_graph_runs_each_network_once():
   config = glow_tf.GlowConfig(**TINY)
   flow = glow_tf.build_glow(config)
-  log_prob = tf.function(flow.log_prob, input_signature=[tf.TensorSpec([None, 8, 8, 2])])
+  # A known batch size: with an unknown one the flow runs inside a tf.cond (see
+  # MultiScaleFlow._unless_empty), whose branch graph holds the reads.
+  log_prob = tf.function(flow.log_prob, input_signature=[tf.TensorSpec([3, 8, 8, 2])])
   graph = log_prob.get_concrete_function().graph
   networks = [m for m in flow.submodules if isinstance(m, (nn.CouplingNetwork, nn.ZeroConv2D))]
   assert len(networks) == 2 * config.levels * config.depth + (config.levels - 1)
@@ -346,3 +348,62 @@ def test_initialize_under_mirrored_strategy_gives_identical_replicas():
       np.testing.assert_array_equal(first, second)
   assert all(layer.is_initialized() for layer in actnorms)
   assert not np.allclose(actnorms[0].log_scale.numpy(), 0.0)
+
+
+@pytest.mark.parametrize(
+  'batch, match',
+  [
+    (np.zeros((0, 8, 8, 2), np.float32), r'non-empty batch.*got shape \(0, 8, 8, 2\)'),
+    (np.full((4, 8, 8, 2), np.nan, np.float32), r'finite images; got 512 NaN'),
+    (images((4, 8, 8, 2)) * 1e30, r'non-finite statistics in \d+ ActNorm'),  # Overflows inside.
+  ],
+)
+def test_initialize_is_all_or_nothing(batch, match):
+  flow = glow_tf.build_glow(glow_tf.GlowConfig(**TINY))
+  layers = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
+  with pytest.raises(ValueError, match=match):
+    glow_tf.initialize(flow, batch)
+  assert not any(layer.is_initialized() for layer in layers)
+  assert all(np.all(layer.log_scale.numpy() == 0) for layer in layers)
+  assert glow_tf.initialize(flow, images((16, 8, 8, 2))) == len(layers)  # Still possible.
+  assert np.all(np.isfinite(flow.log_prob(images((4, 8, 8, 2)))))
+
+
+@pytest.mark.parametrize('temperature', [float('nan'), float('inf'), -0.1])
+def test_sampling_refuses_a_temperature_that_is_not_a_standard_deviation(temperature):
+  flow, _ = ready_flow()
+  with pytest.raises(ValueError, match='temperature must be a finite number >= 0'):
+    glow_tf.sample(flow, 2, temperature=temperature, seed=(1, 2))
+  in_graph = tf.function(lambda t: glow_tf.sample(flow, 2, temperature=t, seed=(1, 2)))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='temperature must be a finite number'):
+    in_graph(tf.constant(temperature))
+
+
+@pytest.mark.parametrize('regime', ['eager', 'function'])
+def test_an_empty_batch_gives_empty_results(regime):
+  flow, config = ready_flow(num_classes=3)
+  spec = tf.TensorSpec([None, 8, 8, 2])
+  run = (
+    (lambda f, *specs: f)
+    if regime == 'eager'
+    else (lambda f, *specs: tf.function(f, input_signature=list(specs)))
+  )
+  no_label = tf.zeros([0], tf.int32)
+  log_prob = run(
+    lambda x, y: flow.log_prob(x, bijector_kwargs=glow_tf.conditional_kwargs(y)),
+    spec,
+    tf.TensorSpec([None], tf.int32),
+  )
+  assert log_prob(tf.zeros([0, 8, 8, 2]), no_label).shape == (0,)
+  encode = run(lambda x, y: glow_tf.encode(flow, x, label=y), spec, tf.TensorSpec([None], tf.int32))
+  latents = encode(tf.zeros([0, 8, 8, 2]), no_label)
+  assert [z.shape for z in latents] == [
+    (0, *s) for s in glow_tf.multiscale_flow(flow).latent_shapes
+  ]
+  assert glow_tf.decode(flow, latents, label=no_label).shape == (0, 8, 8, 2)
+  sample = run(
+    lambda n, y: glow_tf.sample(flow, n, 0.7, seed=(1, 2), label=y),
+    tf.TensorSpec([], tf.int32),
+    tf.TensorSpec([None], tf.int32),
+  )
+  assert sample(tf.constant(0), no_label).shape == (0, 8, 8, 2)

@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from glow_tf.bijectors.affine_coupling import split_channels
+from glow_tf.bijectors.affine_coupling import check_network_output, split_channels
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 
 __all__ = ['AdditiveCoupling']
@@ -57,13 +57,22 @@ class AdditiveCoupling(FlowBijector):
   def network(self):
     return self._network
 
+  def _shift(self, x1):
+    transformed = self._num_channels - self._num_channels // 2
+    return check_network_output(
+      self,
+      self._network(x1),
+      transformed,
+      f'a shift for each of the {transformed} transformed channels',
+    )
+
   def _forward_and_log_det(self, x):
     x1, x2 = split_channels(x)
-    return tf.concat([x1, x2 + self._network(x1)], axis=-1), tf.zeros([], x.dtype)
+    return tf.concat([x1, x2 + self._shift(x1)], axis=-1), tf.zeros([], x.dtype)
 
   def _inverse_and_log_det(self, y):
     y1, y2 = split_channels(y)
-    return tf.concat([y1, y2 - self._network(y1)], axis=-1), tf.zeros([], y.dtype)
+    return tf.concat([y1, y2 - self._shift(y1)], axis=-1), tf.zeros([], y.dtype)
 
   def _forward_event_shape(self, input_shape):
     return check_image_shape(self, input_shape, channels=self._num_channels)

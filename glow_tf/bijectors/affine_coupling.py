@@ -6,13 +6,27 @@ import tensorflow as tf
 
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 
-__all__ = ['AffineCoupling', 'split_channels']
+__all__ = ['AffineCoupling', 'check_network_output', 'split_channels']
 
 
 def split_channels(x: tf.Tensor):
   """`x[..., :C//2], x[..., C//2:]`: the kept half and the transformed half."""
   channels = x.shape[-1]
   return tf.split(x, [channels // 2, channels - channels // 2], axis=-1)
+
+
+def check_network_output(bijector, h: tf.Tensor, expected: int, what: str) -> tf.Tensor:
+  """`h`, the network output of a coupling, once its channel count is `expected`.
+
+  A network of another width would broadcast against the transformed half and give
+  a wrong log-det without any error; this raises ValueError naming both counts.
+  """
+  if h.shape.rank is not None and h.shape[-1] is not None and h.shape[-1] != expected:
+    raise ValueError(
+      f'{type(bijector).__name__} ({bijector.name!r}) needs a network with {expected} output '
+      f'channels ({what}); got {h.shape[-1]} (output shape {h.shape}).'
+    )
+  return h
 
 
 class AffineCoupling(FlowBijector):
@@ -86,8 +100,21 @@ class AffineCoupling(FlowBijector):
   def num_channels(self) -> int:
     return self._num_channels
 
+  def _apply_network(self, x1):
+    return self._network(x1)
+
+  def _network_output(self, x1):
+    """The network's output for the kept half, checked to hold a shift and a scale per channel."""
+    transformed = self._num_channels - self._num_channels // 2
+    return check_network_output(
+      self,
+      self._apply_network(x1),
+      2 * transformed,
+      f'a shift and a scale for each of the {transformed} transformed channels',
+    )
+
   def _shift_and_log_scale(self, x1):
-    h_shift, h_scale = tf.split(self._network(x1), 2, axis=-1)
+    h_shift, h_scale = tf.split(self._network_output(x1), 2, axis=-1)
     return h_shift, tf.math.log_sigmoid(h_scale + 2.0)
 
   def _forward_and_log_det(self, x):

@@ -153,6 +153,12 @@ class MultiScaleFlow(FlowBijector):
     return tf.concat(flat, axis=-1)
 
   def _forward_and_log_det(self, x):
+    return self._unless_empty(x, 3, [self.latent_size], self._forward_pass)
+
+  def _inverse_and_log_det(self, y):
+    return self._unless_empty(y, 1, self._image_shape, self._inverse_pass)
+
+  def _forward_pass(self, x):
     h, log_det = x, tf.zeros([], x.dtype)
     latents = []
     for level, prior in self._stages():
@@ -163,7 +169,7 @@ class MultiScaleFlow(FlowBijector):
         latents.append(eps)
     return self.merge_latents(latents + [h]), log_det
 
-  def _inverse_and_log_det(self, y):
+  def _inverse_pass(self, y):
     *factored, h = self.split_latents(y)
     log_det = tf.zeros([], y.dtype)
     for (level, prior), eps in reversed(list(zip(self._stages(), factored + [None]))):
@@ -171,6 +177,29 @@ class MultiScaleFlow(FlowBijector):
         h, log_det = _inverse(prior, tf.concat([h, eps], axis=-1), log_det)
       h, log_det = _inverse(level, h, log_det)
     return h, log_det
+
+  def _unless_empty(self, t, event_ndims: int, output_event_shape, compute):
+    """`compute(t)` with its log-det per example, or empty outputs when `t` holds no example.
+
+    TF's CPU convolutions (plain and grappler's fused ones) give an empty batch the
+    input's channel count instead of the output's, so an empty batch must not reach
+    them: it gets zeros of the right shapes, at once when the batch size is known
+    and through a `tf.cond` when it is not.
+    """
+    batch_shape = ps.shape(t)[: t.shape.rank - event_ndims]
+
+    def empty():
+      shape = ps.concat([batch_shape, output_event_shape], axis=0)
+      return tf.zeros(shape, t.dtype), tf.zeros(batch_shape, t.dtype)
+
+    def full():
+      output, log_det = compute(t)
+      return output, log_det + tf.zeros(batch_shape, t.dtype)
+
+    size = t.shape[: t.shape.rank - event_ndims].num_elements()
+    if size is not None:
+      return full() if size else empty()
+    return tf.cond(tf.size(t) > 0, full, empty)
 
   def _forward_event_shape(self, input_shape):
     check_image_shape(

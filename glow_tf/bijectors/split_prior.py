@@ -52,6 +52,9 @@ class SplitPrior(AffineCoupling):
       )
     super().__init__(network, num_channels, dtype=dtype, validate_args=validate_args, name=name)
 
+  def _apply_network(self, x1):
+    return nn.apply_to_images(self.network, x1)  # A ZeroConv2D takes [N, H, W, C] only.
+
   def _shift_and_log_scale(self, x1):
-    mean, log_sigma = tf.split(nn.apply_to_images(self.network, x1), 2, axis=-1)
+    mean, log_sigma = tf.split(self._network_output(x1), 2, axis=-1)
     return -mean, -log_sigma

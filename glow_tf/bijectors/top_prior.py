@@ -111,7 +111,7 @@ class TopPrior(FlowBijector):
       )
     label = tf.convert_to_tensor(label)
     if label.dtype.is_integer:
-      return tf.one_hot(label, self._num_classes, dtype=self.dtype)
+      return tf.one_hot(self._checked_classes(label), self._num_classes, dtype=self.dtype)
     if label.shape.rank is not None and label.shape[-1] != self._num_classes:
       raise ValueError(
         f'TopPrior ({self.name!r}) needs integer labels or one-hot labels '
@@ -119,6 +119,27 @@ class TopPrior(FlowBijector):
         f'shape {label.shape}.'
       )
     return tf.cast(label, self.dtype)
+
+  def _checked_classes(self, label):
+    """`label`, once every class in it is in `0 .. num_classes - 1` (one_hot would make
+    any other value "no class" without a word)."""
+    expected = f'TopPrior ({self.name!r}) needs class labels in 0..{self._num_classes - 1}'
+    value = tf.get_static_value(label)
+    if value is not None:
+      bad = np.unique(value[(value < 0) | (value >= self._num_classes)])
+      if bad.size:
+        raise ValueError(f'{expected}; got {bad.tolist()[:10]}.')
+      return label
+    checks = [
+      tf.debugging.assert_non_negative(label, message=f'{expected}; got a negative one'),
+      tf.debugging.assert_less(
+        label,
+        tf.constant(self._num_classes, label.dtype),
+        message=f'{expected}; got one >= {self._num_classes}',
+      ),
+    ]
+    with tf.control_dependencies(checks):
+      return tf.identity(label)
 
   def loc_and_log_scale(self, label=None):
     """Per-channel prior mean and log-scale of the top latent, `[..., c]`."""

@@ -138,3 +138,13 @@ def test_network_variables_are_tracked():
 def test_too_few_channels_raises(make):
   with pytest.raises(ValueError, match='num_channels >= 2.*got 1'):
     make(channels=1)
+
+
+@pytest.mark.parametrize('make, width, expected', [(affine, 2, 4), (additive, 4, 2)])
+def test_a_network_of_the_wrong_width_is_refused_not_broadcast(make, width, expected):
+  coupling = make()
+  wrong = type(coupling)(nn.CouplingNetwork(2, width, 8), 4)
+  with pytest.raises(
+    ValueError, match=rf'needs a network with {expected} output channels.*got {width}'
+  ):
+    wrong.forward(tf.zeros([1, 4, 4, 4]))

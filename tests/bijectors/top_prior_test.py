@@ -75,3 +75,15 @@ def test_one_hot_of_wrong_width_raises():
 def test_identity_configuration_is_refused():
   with pytest.raises(ValueError, match='identity'):
     TopPrior(LATENT_SIZE, TOP_SHAPE, learn_top=False)
+
+
+@pytest.mark.parametrize('label, bad', [([0, 4], 4), ([-1, 2], -1)])
+def test_a_class_out_of_range_is_refused_not_made_no_class(label, bad):
+  prior = TopPrior(LATENT_SIZE, TOP_SHAPE, num_classes=4)
+  x = tf.zeros([2, LATENT_SIZE])
+  with pytest.raises(ValueError, match=rf'class labels in 0\.\.3; got \[{bad}\]'):
+    prior.forward(x, label=tf.constant(label))
+  in_graph = tf.function(lambda x, y: prior.forward(x, label=y))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r'class labels in 0\.\.3'):
+    in_graph(x, tf.constant(label))
+  np.testing.assert_allclose(in_graph(x, tf.constant([0, 3])), prior.forward(x, label=[0, 3]))
