@@ -54,6 +54,8 @@ _GLYPHS = {
   '.': ('...', '...', '...', '...', '.#.'),
   '-': ('...', '...', '###', '...', '...'),
   '=': ('...', '###', '...', '###', '...'),
+  '+': ('...', '.#.', '###', '.#.', '...'),
+  'e': ('...', '###', '###', '#..', '###'),
   ' ': ('...', '...', '...', '...', '...'),
   'T': ('###', '.#.', '.#.', '.#.', '.#.'),
   'a': ('...', '##.', '.##', '#.#', '###'),
@@ -66,8 +68,8 @@ _GLYPHS = {
 def text(label: str, scale: int = 2) -> np.ndarray:
   """`label` as a uint8 `[5*scale, 4*scale*len - scale]` image: black glyphs on white.
 
-  Only the characters of sample-sheet labels are drawn (digits, `.-= `, `T`,
-  `class`); anything else raises ValueError naming it.
+  Only the characters of sample-sheet labels are drawn (digits, `.-+=e `, so any
+  `f'{x:g}'` of a finite number, `T`, `class`); anything else raises ValueError.
   """
   unknown = sorted(set(label) - set(_GLYPHS))
   if unknown:

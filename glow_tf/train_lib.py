@@ -159,7 +159,7 @@ class TrainConfig:
       ('grad_clip_norm', self.grad_clip_norm >= 0, '>= 0 (0: no clipping)'),
       ('n_bits', self.n_bits is None or 1 <= self.n_bits <= 8, 'in 1..8'),
       ('image_size', self.image_size is None or self.image_size >= 1, '>= 1'),
-      ('temperatures', all(t >= 0 for t in self.temperatures), 'all >= 0'),
+      ('temperatures', all(0 <= t < math.inf for t in self.temperatures), 'all finite and >= 0'),
       ('coupling', self.coupling in flow_lib.COUPLINGS, f'one of {flow_lib.COUPLINGS}'),
       ('permutation', self.permutation in flow_lib.PERMUTATIONS, f'one of {flow_lib.PERMUTATIONS}'),
       ('optimizer', self.optimizer in optim.OPTIMIZERS, f'one of {optim.OPTIMIZERS}'),
@@ -1112,14 +1112,15 @@ def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> fl
   )[:2]
   with trainer.averaged_weights():
     batch = health.batch_health(trainer.flow, x[:16], label[:16] if trainer.classifier else None)
+  sheet = images.labelled_rows(grids, [f'T={t:g}' for t in trainer.config.temperatures])
   with writer.as_default(step=step):
     tf.summary.scalar('bits_per_dim', test_bpd)
     for name, value in batch.items():
       tf.summary.scalar(f'health/{name}', value)
-    for temperature, sheet in zip(trainer.config.temperatures, grids):
-      tf.summary.image(f'samples/temperature_{temperature:g}', sheet[np.newaxis], step=step)
+    for temperature, grid in zip(trainer.config.temperatures, grids):
+      tf.summary.image(f'samples/temperature_{temperature:g}', grid[np.newaxis], step=step)
+    tf.summary.image('samples/all_temperatures', sheet[np.newaxis], step=step)
   if trainer.is_chief:
-    sheet = images.labelled_rows(grids)
     paths = [os.path.join(trainer.model_dir, 'samples', f'step_{step:07d}.png')]
     if final:
       paths.append(os.path.join(trainer.model_dir, 'samples.png'))

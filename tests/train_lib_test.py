@@ -174,7 +174,8 @@ def test_class_conditional_training_step(tmp_path, digits):
     (dict(batch_size=None), 'set exactly one of batch_size'),
     (dict(ema_decay=1.0), r'ema_decay must be in \[0, 1\); got 1.0'),
     (dict(coupling='spline'), "coupling must be one of .*; got 'spline'"),
-    (dict(temperatures=(-1.0,)), 'temperatures must be all >= 0'),
+    (dict(temperatures=(-1.0,)), 'temperatures must be all finite and >= 0'),
+    (dict(temperatures=(0.5, float('inf'))), r'temperatures must be all finite.*got \(0.5, inf\)'),
   ],
 )
 def test_bad_config_is_named(changes, match):
