@@ -1,5 +1,6 @@
 """Images for people: model outputs to uint8 grids and PNG files."""
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -116,6 +117,11 @@ def write_png(path: str, image: np.ndarray) -> str:
   if directory:
     tf.io.gfile.makedirs(directory)
   tmp = f'{path}.tmp-{os.getpid()}'
-  tf.io.write_file(tmp, tf.io.encode_png(image))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  try:
+    tf.io.write_file(tmp, tf.io.encode_png(image))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except BaseException:  # Disk full, permissions, a signal: no half-written file stays.
+    with contextlib.suppress(tf.errors.OpError, OSError):
+      tf.io.gfile.remove(tmp)
+    raise
   return path

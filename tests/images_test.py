@@ -34,3 +34,15 @@ def test_labelled_rows_put_each_label_above_its_grid():
 def test_labelled_rows_needs_one_label_per_grid():
   with pytest.raises(ValueError, match='one label per grid; got 1 for 2'):
     images.labelled_rows([np.zeros((2, 2, 1), np.uint8)] * 2, ['T=0'])
+
+
+def test_a_png_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+  def full_disk(path, contents):
+    with open(path, 'wb') as f:
+      f.write(b'\x89PNG half')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(images.tf.io, 'write_file', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    images.write_png(str(tmp_path / 'a.png'), np.zeros((2, 2, 1), np.uint8))
+  assert list(tmp_path.iterdir()) == []
