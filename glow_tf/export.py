@@ -2,12 +2,13 @@
 
 The SavedModel holds the run's latest Polyak-averaged weights and the signatures
 serving_default/log_prob, log_prob_float, sample, encode and decode; it loads with
-TensorFlow alone (see glow_tf/export_lib.py for the exact preprocessing).
+TensorFlow alone (see glow_tf/tools/serving.py for the exact preprocessing).
 """
 
 from absl import flags, logging
 
-from glow_tf import cli, export_lib
+from glow_tf import cli
+from glow_tf.tools import serving
 
 FLAGS = flags.FLAGS
 
@@ -25,7 +26,7 @@ def main(argv):
 
 
 def export() -> None:
-  facts = export_lib.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, FLAGS.tflite)
+  facts = serving.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, FLAGS.tflite)
   print(
     f'{facts["export_dir"]}: SavedModel of {facts["checkpoint"]} (step {facts["step"]}), '
     f'signatures {", ".join(facts["signatures"])}'

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from glow_tf import data, export_lib, train_lib
+from glow_tf.tools import serving
+from glow_tf.training import data, trainer
+from glow_tf.training.config import PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,9 +48,9 @@ def test_tfp_composition_runs_and_its_chain_round_trips():
 @pytest.mark.slow
 def test_score_export_needs_only_tensorflow(tmp_path):
   run = str(tmp_path / 'run')
-  train_lib.train_and_evaluate(train_lib.PRESETS['tiny'].replace(train_steps=2), run)
+  trainer.train_and_evaluate(PRESETS['tiny'].replace(train_steps=2), run)
   export = str(tmp_path / 'export')
-  export_lib.export_run(run, export)
+  serving.export_run(run, export)
   ((test_images, _),) = [data.digits_arrays()[1]]
   paths = []
   for i, bins in enumerate(test_images[:3]):

@@ -9,7 +9,11 @@ import pytest
 import tensorflow as tf
 
 import glow_tf
-from glow_tf import data, runs, sample_lib, train_lib
+from glow_tf import errors
+from glow_tf.model import pixels, sampling
+from glow_tf.tools import runs
+from glow_tf.training import data, trainer
+from glow_tf.training.config import PRESETS
 
 # 8x8 digits drawn 8x larger with 4-pixel separators: N cells take N * 68 + 4 pixels.
 CELL = 68
@@ -25,33 +29,31 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp('runs')
   out = {}
   for name, conditional in (('conditional', True), ('unconditional', False)):
-    config = train_lib.PRESETS['tiny'].replace(
-      train_steps=10, eval_every=100, class_conditional=conditional
-    )
-    train_lib.train_and_evaluate(config, str(root / name))
+    config = PRESETS['tiny'].replace(train_steps=10, eval_every=100, class_conditional=conditional)
+    trainer.train_and_evaluate(config, str(root / name))
     out[name] = str(root / name)
   return out
 
 
 def digit_images(run, count):
-  (_, _), (pixels, labels) = data.digits_arrays()
-  return data.centre(pixels[:count], run.num_bins), tf.constant(labels[:count])
+  (_, _), (bins, labels) = data.digits_arrays()
+  return pixels.centre(bins[:count], run.num_bins), tf.constant(labels[:count])
 
 
 @pytest.mark.parametrize('name', ['conditional', 'unconditional'])
 def test_reconstruction_error_is_below_1e_3(trained, name):
   run = runs.load_run(trained[name])
   x, label = digit_images(run, 16)
-  x_back, error = sample_lib.reconstruct(run.flow, x, label if run.num_classes else None)
+  x_back, error = sampling.reconstruct(run.flow, x, label if run.num_classes else None)
   assert error <= 1e-3
   assert np.max(np.abs(x_back - x)) == pytest.approx(error)
 
 
-@pytest.mark.parametrize('method', sample_lib.INTERPOLATIONS)
+@pytest.mark.parametrize('method', sampling.INTERPOLATIONS)
 def test_interpolation_ends_decode_to_the_end_images(trained, method):
   run = runs.load_run(trained['unconditional'])
   x, _ = digit_images(run, 6)
-  frames = sample_lib.interpolate(run.flow, x[:3], x[3:], steps=5, method=method)
+  frames = sampling.interpolate(run.flow, x[:3], x[3:], steps=5, method=method)
   assert frames.shape == [5, 3, 8, 8, 1]
   np.testing.assert_allclose(frames[0], x[:3], atol=1e-3)
   np.testing.assert_allclose(frames[-1], x[3:], atol=1e-3)
@@ -61,49 +63,49 @@ def test_interpolation_ends_decode_to_the_end_images(trained, method):
 def test_spherical_and_linear_differ_in_the_middle():
   a = [tf.constant([[1.0, 0.0]])]
   b = [tf.constant([[0.0, 1.0]])]
-  linear = sample_lib.interpolate_latents(a, b, 0.5, 'linear')[0].numpy()
-  spherical = sample_lib.interpolate_latents(a, b, 0.5, 'spherical')[0].numpy()
+  linear = sampling.interpolate_latents(a, b, 0.5, 'linear')[0].numpy()
+  spherical = sampling.interpolate_latents(a, b, 0.5, 'spherical')[0].numpy()
   np.testing.assert_allclose(linear, [[0.5, 0.5]])
   np.testing.assert_allclose(spherical, [[np.sqrt(0.5), np.sqrt(0.5)]], rtol=1e-6)
 
 
 def test_temperature_zero_is_deterministic_across_seeds(trained):
   run = runs.load_run(trained['unconditional'])
-  grids = [sample_lib.sample_grid(run.flow, run.num_bins, 0.0, 4, seed=s) for s in (0, 1)]
+  grids = [sampling.sample_grid(run.flow, run.num_bins, 0.0, 4, seed=s) for s in (0, 1)]
   np.testing.assert_array_equal(grids[0], grids[1])
-  warm = [sample_lib.sample_grid(run.flow, run.num_bins, 0.7, 4, seed=s) for s in (0, 1)]
+  warm = [sampling.sample_grid(run.flow, run.num_bins, 0.7, 4, seed=s) for s in (0, 1)]
   assert not np.array_equal(warm[0], warm[1])
 
 
 def test_manipulation_with_alpha_zero_is_the_reconstruction(trained):
   run = runs.load_run(trained['conditional'])
-  (_, _), (pixels, labels) = data.digits_arrays()
-  x = data.centre(pixels, run.num_bins)
+  (_, _), (bins, labels) = data.digits_arrays()
+  x = pixels.centre(bins, run.num_bins)
   labels = tf.constant(labels)
   threes, eights = labels == 3, labels == 8
-  vector = sample_lib.manipulation_vector(
+  vector = sampling.manipulation_vector(
     run.flow, x[eights], x[threes], labels[eights], labels[threes]
   )
   assert [tuple(v.shape) for v in vector] == glow_tf.multiscale_flow(run.flow).latent_shapes
-  frames = sample_lib.manipulate(run.flow, x[threes][:2], vector, [0.0, 1.0], labels[threes][:2])
-  reconstruction, _ = sample_lib.reconstruct(run.flow, x[threes][:2], labels[threes][:2])
+  frames = sampling.manipulate(run.flow, x[threes][:2], vector, [0.0, 1.0], labels[threes][:2])
+  reconstruction, _ = sampling.reconstruct(run.flow, x[threes][:2], labels[threes][:2])
   np.testing.assert_allclose(frames[0], reconstruction, atol=1e-5)
   assert not np.allclose(frames[1], frames[0], atol=1e-3)
-  with pytest.raises(sample_lib.SampleError, match='empty list'):
-    sample_lib.manipulate(run.flow, x[:1], vector, [], labels[:1])
-  with pytest.raises(sample_lib.SampleError, match='x_with is empty'):
-    sample_lib.manipulation_vector(run.flow, x[:0], x[:2])
+  with pytest.raises(errors.SampleError, match='empty list'):
+    sampling.manipulate(run.flow, x[:1], vector, [], labels[:1])
+  with pytest.raises(errors.SampleError, match='x_with is empty'):
+    sampling.manipulation_vector(run.flow, x[:0], x[:2])
 
 
 def test_class_samples_rows_and_unknown_class(trained):
   run = runs.load_run(trained['conditional'])
-  rows = sample_lib.class_samples(run.flow, [0, 5], per_class=3, temperature=0.7)
+  rows = sampling.class_samples(run.flow, [0, 5], per_class=3, temperature=0.7)
   assert rows.shape == [2, 3, 8, 8, 1]
-  with pytest.raises(sample_lib.SampleError, match=r'classes must be in 0\.\.9; got \[12\]'):
-    sample_lib.class_samples(run.flow, [12], per_class=1, temperature=0.7)
+  with pytest.raises(errors.SampleError, match=r'classes must be in 0\.\.9; got \[12\]'):
+    sampling.class_samples(run.flow, [12], per_class=1, temperature=0.7)
   unconditional = runs.load_run(trained['unconditional'])
-  with pytest.raises(sample_lib.SampleError, match='not class-conditional'):
-    sample_lib.class_samples(unconditional.flow, [0], per_class=1, temperature=0.7)
+  with pytest.raises(errors.SampleError, match='not class-conditional'):
+    sampling.class_samples(unconditional.flow, [0], per_class=1, temperature=0.7)
 
 
 def run_cli(*args):

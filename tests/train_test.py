@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from glow_tf import data, train_lib
+from glow_tf.training import data, trainer
+from glow_tf.training.config import PRESETS
 
 QUICK = ['--preset=tiny', '--train_steps=4', '--eval_every=100', '--checkpoint_every=2']
 
@@ -111,11 +112,11 @@ def test_two_workers_on_loopback_train_and_write_one_consistent_checkpoint(tmp_p
   assert 'ckpt-6.index' in checkpoints and 'ckpt-3.index' in checkpoints
   assert not os.path.exists(run / '.worker_tmp' / 'worker_1')
   # The checkpoint restores, and equals one device trained on the same global batches.
-  config = train_lib.PRESETS['tiny'].replace(train_steps=6, eval_every=100, checkpoint_every=3)
+  config = PRESETS['tiny'].replace(train_steps=6, eval_every=100, checkpoint_every=3)
   source = data.load('digits')
-  restored = train_lib.Trainer(config, str(run), source, tf.distribute.get_strategy())
+  restored = trainer.Trainer(config, str(run), source, tf.distribute.get_strategy())
   assert restored.restore_or_initialize().startswith('restored')
-  single = train_lib.Trainer(config, str(tmp_path / 'single'), source, tf.distribute.get_strategy())
+  single = trainer.Trainer(config, str(tmp_path / 'single'), source, tf.distribute.get_strategy())
   single.restore_or_initialize()
   iterator = single.train_iterator()
   for _ in range(6):

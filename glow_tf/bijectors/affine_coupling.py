@@ -113,6 +113,10 @@ class AffineCoupling(FlowBijector):
       f'a shift and a scale for each of the {transformed} transformed channels',
     )
 
+  def shift_and_log_scale(self, x1):
+    """`(shift, log_scale)` of the transformed half, given the kept half `x1`."""
+    return self._shift_and_log_scale(x1)
+
   def _shift_and_log_scale(self, x1):
     h_shift, h_scale = tf.split(self._network_output(x1), 2, axis=-1)
     return h_shift, tf.math.log_sigmoid(h_scale + 2.0)

@@ -1,11 +1,11 @@
 """MultiScaleFlow: Glow's multi-scale architecture, image -> one flat latent."""
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow_probability.python.bijectors import chain as chain_lib
 from tensorflow_probability.python.internal import prefer_static as ps
 
 from glow_tf.bijectors.affine_coupling import split_channels
@@ -16,6 +16,7 @@ from glow_tf.bijectors.flow_bijector import (
   forward_and_log_det,
   inverse_and_log_det,
 )
+from glow_tf.bijectors.squeeze import Squeeze
 
 tfb = tfp.bijectors
 
@@ -86,7 +87,7 @@ class MultiScaleFlow(FlowBijector):
     self._image_shape = tuple(int(d) for d in image_shape)
     self._latent_shapes = []
     shape = tf.TensorShape(self._image_shape)
-    for level, prior in self._stages():
+    for level, prior in zip(self._levels, self._split_priors + [None]):
       shape = level.forward_event_shape(shape)
       if prior is not None:
         height, width, channels = prior.forward_event_shape(shape).as_list()
@@ -105,11 +106,13 @@ class MultiScaleFlow(FlowBijector):
 
   @property
   def levels(self) -> list[tfb.Bijector]:
-    return self._levels
+    """The L level bijectors (for Glow's: a chain of the squeeze and K flow steps)."""
+    return list(self._levels)
 
   @property
   def split_priors(self) -> list[tfb.Bijector]:
-    return self._split_priors
+    """The L - 1 priors of the channels factored out after each level but the last."""
+    return list(self._split_priors)
 
   @property
   def image_shape(self):
@@ -124,8 +127,23 @@ class MultiScaleFlow(FlowBijector):
   def latent_size(self) -> int:
     return sum(self._latent_sizes)
 
-  def _stages(self):
-    return list(itertools.zip_longest(self._levels, self._split_priors))
+  def level_parts(self, index: int) -> list[tfb.Bijector]:
+    """The bijectors of level `index` in the order they apply, image -> latent.
+
+    For a chain (Glow's levels: the squeeze, then the K flow steps) its parts, last
+    first, as the chain applies them; any other level bijector is its own one part.
+    """
+    level = self._levels[index]
+    return list(reversed(level.bijectors)) if isinstance(level, chain_lib._Chain) else [level]  # pylint: disable=protected-access
+
+  def steps(self, index: int) -> list[tfb.Bijector]:
+    """The flow steps of level `index`, in the order they apply: its parts but the squeeze."""
+    return [part for part in self.level_parts(index) if not isinstance(part, Squeeze)]
+
+  def stages(self) -> list[tuple[list[tfb.Bijector], tfb.Bijector | None]]:
+    """Per level, image -> latent: `(its parts in order, the split prior after it or None)`."""
+    priors = self._split_priors + [None]
+    return [(self.level_parts(i), priors[i]) for i in range(len(self._levels))]
 
   def split_latents(self, y: tf.Tensor) -> list[tf.Tensor]:
     """Flat latents `[..., D]` -> list of `[..., h, w, c]`, one per level."""
@@ -161,8 +179,9 @@ class MultiScaleFlow(FlowBijector):
   def _forward_pass(self, x):
     h, log_det = x, tf.zeros([], x.dtype)
     latents = []
-    for level, prior in self._stages():
-      h, log_det = _forward(level, h, log_det)
+    for parts, prior in self.stages():
+      for part in parts:
+        h, log_det = _forward(part, h, log_det)
       if prior is not None:
         h, log_det = _forward(prior, h, log_det)
         h, eps = split_channels(h)
@@ -172,10 +191,11 @@ class MultiScaleFlow(FlowBijector):
   def _inverse_pass(self, y):
     *factored, h = self.split_latents(y)
     log_det = tf.zeros([], y.dtype)
-    for (level, prior), eps in reversed(list(zip(self._stages(), factored + [None]))):
+    for (parts, prior), eps in reversed(list(zip(self.stages(), factored + [None]))):
       if prior is not None:
         h, log_det = _inverse(prior, tf.concat([h, eps], axis=-1), log_det)
-      h, log_det = _inverse(level, h, log_det)
+      for part in reversed(parts):
+        h, log_det = _inverse(part, h, log_det)
     return h, log_det
 
   def _unless_empty(self, t, event_ndims: int, output_event_shape, compute):

@@ -22,27 +22,27 @@ import tempfile
 
 import tensorflow as tf
 
-from glow_tf import data, runs, train_lib
-from glow_tf import flow as flow_lib
+from glow_tf.errors import ExportError
+from glow_tf.model import flow as flow_lib
+from glow_tf.model import pixels
+from glow_tf.model.config import GlowConfig
+from glow_tf.tools import runs
+from glow_tf.training import rundir
 
-__all__ = ['ExportError', 'GlowServing', 'export_run', 'signature_names']
-
-
-class ExportError(ValueError):
-  """An export that cannot be written: names the path and what is wrong with it."""
+__all__ = ['GlowServing', 'export_run', 'signature_names']
 
 
 class GlowServing(tf.Module):
   """The tf.Module that is saved: a flow and the serving functions around it."""
 
-  def __init__(self, flow, num_bins: int, model_config: flow_lib.GlowConfig):
+  def __init__(self, flow, num_bins: int, model_config: GlowConfig):
     super().__init__(name='glow_serving')
     self.flow = flow
     self._num_bins = num_bins
     self._image_shape = tuple(model_config.image_shape)
     self._num_dims = model_config.num_dims
     self._conditional = model_config.num_classes is not None
-    self._latent_shapes = flow_lib.multiscale_flow(flow).latent_shapes
+    self._latent_shapes = flow.multiscale.latent_shapes
     images = tf.TensorSpec([None, None, None, None], tf.uint8, name='images')
     floats = tf.TensorSpec([None, None, None, None], tf.float32, name='x')
     label = [tf.TensorSpec([None], tf.int32, name='label')] if self._conditional else []
@@ -93,7 +93,7 @@ class GlowServing(tf.Module):
     }
 
   def _log_prob(self, images, label=None):
-    return self._scores(data.centre(self._checked_bins(images), self._num_bins), label)
+    return self._scores(pixels.centre(self._checked_bins(images), self._num_bins), label)
 
   def _log_prob_float(self, x, label=None):
     return self._scores(self._checked(x, 'x'), label)
@@ -108,10 +108,10 @@ class GlowServing(tf.Module):
     x = flow_lib.sample(
       self.flow, num_samples, temperature=temperature, seed=tf.bitcast(seed, tf.int32), label=label
     )
-    return {'images': tf.cast(data.to_pixels(x, self._num_bins), tf.uint8)}
+    return {'images': tf.cast(pixels.to_pixels(x, self._num_bins), tf.uint8)}
 
   def _encode(self, images, label=None):
-    x = data.centre(self._checked_bins(images), self._num_bins)
+    x = pixels.centre(self._checked_bins(images), self._num_bins)
     latents = flow_lib.encode(self.flow, x, label=label)
     return {f'z_{i}': z for i, z in enumerate(latents)}
 
@@ -124,7 +124,7 @@ class GlowServing(tf.Module):
     ]
     # Finite latents far outside N(0, I) can still overflow: no image is made of inf.
     x = self._finite(flow_lib.decode(self.flow, latents, label=label), 'the decoded x')
-    return {'images': tf.cast(data.to_pixels(x, self._num_bins), tf.uint8), 'x': x}
+    return {'images': tf.cast(pixels.to_pixels(x, self._num_bins), tf.uint8), 'x': x}
 
   def tflite_log_prob(self) -> bytes:
     """The `log_prob` signature as a TFLite flatbuffer (builtin ops only).
@@ -138,7 +138,7 @@ class GlowServing(tf.Module):
     def scores(images):
       batch = tf.shape(images)[0]
       images = tf.reshape(images, tf.stack([batch, *self._image_shape]))
-      return self._scores(data.centre(images, self._num_bins), None)
+      return self._scores(pixels.centre(images, self._num_bins), None)
 
     scores = tf.function(scores)
     concrete = scores.get_concrete_function(
@@ -173,7 +173,7 @@ def _is_run(path: str) -> bool:
   """Whether `path` is (or was) a training run directory."""
   return any(
     os.path.exists(os.path.join(path, name))
-    for name in (train_lib.CONFIG_FILE, train_lib.CHECKPOINT_DIR, train_lib.LOCK_FILE)
+    for name in (rundir.CONFIG_FILE, rundir.CHECKPOINT_DIR, rundir.LOCK_FILE)
   )
 
 
@@ -215,7 +215,7 @@ def _check_export_dir(export_dir: str, overwrite: bool, model_dir: str) -> str:
       f'in a directory of its own, e.g. {os.path.join(model_dir, "export")!r}.'
     )
   for parent in [target, *_ancestors(target)]:
-    if os.path.basename(parent) == train_lib.CHECKPOINT_DIR and _is_run(os.path.dirname(parent)):
+    if os.path.basename(parent) == rundir.CHECKPOINT_DIR and _is_run(os.path.dirname(parent)):
       raise ExportError(
         f'export_dir {export_dir!r} is inside the checkpoints of the run '
         f'{os.path.dirname(parent)!r}; an export goes in a directory of its own.'
@@ -276,7 +276,7 @@ def export_run(
     Facts about the export (path, checkpoint, step, signatures).
 
   Raises:
-    runs.RunError, ExportError: naming the problem; nothing is written then.
+    RunError, ExportError: naming the problem; nothing is written then.
   """
   target = _check_export_dir(export_dir, overwrite, model_dir)
   run = runs.load_run(model_dir)
@@ -296,7 +296,7 @@ def export_run(
       num_bins=run.num_bins,
       image_shape=list(run.model_config.image_shape),
       num_classes=run.model_config.num_classes,
-      latent_shapes=[list(s) for s in module._latent_shapes],
+      latent_shapes=[list(s) for s in run.flow.multiscale.latent_shapes],
       signatures=list(signature_names()),
       model=run.model_config.to_dict(),
     )

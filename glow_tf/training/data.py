@@ -23,15 +23,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from glow_tf.errors import DataError
+from glow_tf.model.pixels import dequantize
+
 __all__ = [
-  'DataError',
+  'BAD_FILE_POLICIES',
   'DataSource',
-  'centre',
   'check_splits',
-  'dequantize',
   'eval_dataset',
   'load',
-  'to_pixels',
+  'load_config',
   'train_dataset',
 ]
 
@@ -45,10 +46,6 @@ DIGITS_NUM_TEST = 300
 # it answers before TFDS's retries, which take ~3.5 minutes to give up without a network.
 TFDS_DOWNLOAD_URL = 'https://storage.googleapis.com/'
 PROBE_SECONDS = 10.0
-
-
-class DataError(ValueError):
-  """A dataset that cannot be used: unknown, unprepared, empty or too small."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +432,18 @@ def load(
   return source
 
 
+def load_config(config) -> DataSource:
+  """`load` with the fields of a `DataConfig` (`glow_tf.training.config`)."""
+  return load(
+    config.dataset,
+    config.data_dir,
+    config.download,
+    config.n_bits,
+    config.image_size,
+    config.bad_files,
+  )
+
+
 def check_splits(source: DataSource, global_batch: int) -> None:
   """Refuses, before training starts, a source without the splits a training run reads.
 
@@ -456,25 +465,6 @@ def check_splits(source: DataSource, global_batch: int) -> None:
       f'dataset {source.name!r} has no test images; training evaluates on them every '
       f'eval_every steps and at the end, so it needs {expected}.'
     )
-
-
-def dequantize(pixels: tf.Tensor, num_bins: int, seed) -> tf.Tensor:
-  """Integer pixels in `[0, num_bins)` -> `(pixels + u) / num_bins - 0.5`, u ~ U[0, 1).
-
-  The paper's uniform dequantisation; the result lies in `[-0.5, 0.5)`.
-  """
-  noise = tf.random.stateless_uniform(tf.shape(pixels), seed=seed)
-  return (tf.cast(pixels, tf.float32) + noise) / num_bins - 0.5
-
-
-def centre(pixels: tf.Tensor, num_bins: int) -> tf.Tensor:
-  """Integer pixels -> the centres of their bins, `(pixels + 0.5) / num_bins - 0.5`."""
-  return (tf.cast(pixels, tf.float32) + 0.5) / num_bins - 0.5
-
-
-def to_pixels(x: tf.Tensor, num_bins: int) -> tf.Tensor:
-  """Model space `[-0.5, 0.5)` -> integer pixels in `[0, num_bins)` (int32)."""
-  return tf.cast(tf.clip_by_value(tf.floor((x + 0.5) * num_bins), 0, num_bins - 1), tf.int32)
 
 
 def _per_replica(batches, input_context, global_batch):

@@ -5,15 +5,18 @@ import shutil
 
 import pytest
 
-from glow_tf import runs, train_lib
+from glow_tf import errors
+from glow_tf.tools import runs
+from glow_tf.training import trainer
+from glow_tf.training.config import PRESETS
 
 
 @pytest.fixture(scope='module')
 def short_run(tmp_path_factory):
   """A finished tiny run with checkpoints ckpt-2 and ckpt-4."""
   run = str(tmp_path_factory.mktemp('short') / 'run')
-  config = train_lib.PRESETS['tiny'].replace(train_steps=4, checkpoint_every=2, eval_every=100)
-  train_lib.train_and_evaluate(config, run)
+  config = PRESETS['tiny'].replace(train_steps=4, checkpoint_every=2, eval_every=100)
+  trainer.train_and_evaluate(config, run)
   return run
 
 
@@ -51,21 +54,21 @@ def test_a_garbage_state_file_still_finds_the_latest_checkpoint(run):
     ('[1, 2]', r"expected the objects \['train', 'model', 'data'\]; got list"),
     (
       '{"train": {"levels": "two"}, "model": {}, "data": {}}',
-      r"config\.json' does not describe a glow_tf run \(TypeError: '>=' not supported",
+      r"config\.json' is not a glow_tf run config \(levels must be a number; got 'two'",
     ),
   ],
 )
 def test_an_unusable_config_json_is_one_named_error(run, text, match):
   with open(os.path.join(run, 'config.json'), 'w') as f:
     f.write(text)
-  with pytest.raises(runs.RunError, match=match):
+  with pytest.raises(errors.RunError, match=match):
     runs.load_run(run)
 
 
 def test_a_file_is_not_a_run_directory(tmp_path):
   path = tmp_path / 'file'
   path.write_text('x')
-  with pytest.raises(runs.RunError, match=r"run directory '.*file' is not a directory\."):
+  with pytest.raises(errors.RunError, match=r"run directory '.*file' is not a directory\."):
     runs.load_run(str(path))
 
 
@@ -73,7 +76,7 @@ def test_checkpoints_none_of_which_restores_are_named(run):
   for step in (2, 4):
     os.remove(os.path.join(run, 'checkpoints', f'ckpt-{step}.index'))
   with pytest.raises(
-    runs.RunError,
+    errors.RunError,
     match=r'none can be restored: ckpt-4: no \.index file: .*; ckpt-2: no \.index file',
   ):
     runs.load_run(run)
@@ -83,7 +86,7 @@ def test_check_batch_refuses_a_batch_beyond_a_gib_per_activation(run):
   loaded = runs.load_run(run)  # 8x8 digits at width 16: 4 x 4 x 16 float32 = 1 KiB an image.
   runs.check_batch(loaded, '--num_images=1048576', 2**20)
   with pytest.raises(
-    runs.RunError,
+    errors.RunError,
     match=r'--num_images=1048577 asks for a batch of 1048577 images; at most 1048576 fit this '
     r'model \(8x8 images, width 16: 1024 bytes each',
   ):

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from glow_tf import data
+from glow_tf import errors
+from glow_tf.model import pixels
+from glow_tf.training import data
 
 
 def take(dataset, n):
@@ -44,11 +46,11 @@ def test_load_digits_source():
 
 
 def test_dequantize_stays_in_bins_and_centre_inverts():
-  pixels = tf.constant(np.arange(17).reshape(1, 17, 1, 1), tf.int32)
-  x = data.dequantize(pixels, 17, seed=[1, 2])
+  bins = tf.constant(np.arange(17).reshape(1, 17, 1, 1), tf.int32)
+  x = pixels.dequantize(bins, 17, seed=[1, 2])
   assert float(tf.reduce_min(x)) >= -0.5 and float(tf.reduce_max(x)) < 0.5
-  np.testing.assert_array_equal(data.to_pixels(x, 17), pixels)
-  np.testing.assert_array_equal(data.to_pixels(data.centre(pixels, 17), 17), pixels)
+  np.testing.assert_array_equal(pixels.to_pixels(x, 17), bins)
+  np.testing.assert_array_equal(pixels.to_pixels(pixels.centre(bins, 17), 17), bins)
 
 
 def test_train_batches_depend_only_on_seed_and_step():
@@ -108,13 +110,13 @@ def test_tfds_by_name_offline_with_mock_data():
 
 def test_unprepared_tfds_without_download_fails_at_once(tmp_path):
   started = time.time()
-  with pytest.raises(data.DataError, match=r"'mnist' is not prepared in .*--download"):
+  with pytest.raises(errors.DataError, match=r"'mnist' is not prepared in .*--download"):
     data.load('mnist', data_dir=str(tmp_path))
   assert time.time() - started < 30
 
 
 def test_unknown_dataset_is_named():
-  with pytest.raises(data.DataError, match=r"unknown dataset 'no_such_dataset_xyz'"):
+  with pytest.raises(errors.DataError, match=r"unknown dataset 'no_such_dataset_xyz'"):
     data.load('no_such_dataset_xyz')
 
 
@@ -130,18 +132,18 @@ def test_image_folder_with_real_pngs(tmp_path):
 
 def test_image_folder_without_train_split_is_refused(tmp_path):
   root = write_folder(str(tmp_path / 'images'), splits=('pictures',))
-  with pytest.raises(data.DataError, match=r'needs the layout .*/train/<label>/\*\.png'):
+  with pytest.raises(errors.DataError, match=r'needs the layout .*/train/<label>/\*\.png'):
     data.load(f'folder:{root}')
 
 
 def test_missing_folder_is_named(tmp_path):
-  with pytest.raises(data.DataError, match='does not exist'):
+  with pytest.raises(errors.DataError, match='does not exist'):
     data.load(f'folder:{tmp_path / "nope"}')
 
 
 def test_split_smaller_than_a_batch_is_refused(tmp_path):
   source = data.load(f'folder:{write_folder(str(tmp_path / "images"))}')
-  with pytest.raises(data.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
+  with pytest.raises(errors.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
     data.train_dataset(source, 8, seed=0)
 
 
@@ -154,7 +156,7 @@ def test_split_smaller_than_a_batch_is_refused(tmp_path):
   ],
 )
 def test_bad_arguments_are_named(kwargs, match):
-  with pytest.raises(data.DataError, match=match):
+  with pytest.raises(errors.DataError, match=match):
     data.load('digits', **kwargs)
 
 
@@ -190,7 +192,7 @@ def test_bad_files_in_a_folder_are_skipped_counted_and_named(tmp_path, caplog):
 def test_bad_files_can_be_refused_up_front_with_their_list(tmp_path):
   root = write_folder(str(tmp_path / 'images'))
   write_bad_files(root)
-  with pytest.raises(data.DataError, match=r'4 of 10 files .* cannot be used: .*corrupt\.png'):
+  with pytest.raises(errors.DataError, match=r'4 of 10 files .* cannot be used: .*corrupt\.png'):
     data.load(f'folder:{root}', bad_files='fail')
 
 
@@ -198,14 +200,14 @@ def test_a_folder_of_only_bad_files_is_an_empty_dataset_error(tmp_path):
   root = tmp_path / 'images'
   os.makedirs(root / 'train' / 'a')
   (root / 'train' / 'a' / 'x.png').write_bytes(b'not a png')
-  with pytest.raises(data.DataError, match='has no usable training images'):
+  with pytest.raises(errors.DataError, match='has no usable training images'):
     data.load(f'folder:{root}')
 
 
 def test_folder_images_of_several_sizes_need_image_size(tmp_path):
   root = write_folder(str(tmp_path / 'images'), splits=('train',))
   write_folder(str(tmp_path / 'images'), splits=('train',), labels=('c',), size=(6, 10))
-  with pytest.raises(data.DataError, match=r'have sizes .* pass --image_size'):
+  with pytest.raises(errors.DataError, match=r'have sizes .* pass --image_size'):
     data.load(f'folder:{root}')
   assert data.load(f'folder:{root}', image_size=4).image_shape == (4, 4, 3)
 
@@ -225,7 +227,7 @@ def test_download_without_a_network_fails_in_seconds_in_one_line(tmp_path, monke
   )
   started = time.time()
   with pytest.raises(
-    data.DataError,
+    errors.DataError,
     match=r"--download of 'mnist' needs internet, and https://storage\.googleapis\.com/ .* does "
     r'not answer: Name or service not known\. Connect, or pass --data_dir',
   ):
@@ -242,7 +244,7 @@ def test_a_download_that_fails_midway_is_one_line(tmp_path, monkeypatch):
   monkeypatch.setattr(data, 'unreachable', lambda *a, **k: None, raising=False)
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', refused)
   with pytest.raises(
-    data.DataError,
+    errors.DataError,
     match=r"--download of 'mnist' failed \(ConnectionError: Max retries .* \(more\)\)",
   ):
     data.load('mnist', data_dir=str(tmp_path), download=True)
@@ -286,12 +288,12 @@ def test_check_splits_refuses_a_folder_without_usable_test_images(tmp_path, spli
   source = data.load(f'folder:{root}')
   assert source.num_test == 0
   with pytest.raises(
-    data.DataError,
+    errors.DataError,
     match=r"dataset 'folder:.*' has no test images; training evaluates on them every eval_every "
     r'steps and at the end, so it needs usable images in .*/images/test/<label>/\*\.png',
   ):
     data.check_splits(source, 4)
-  with pytest.raises(data.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
+  with pytest.raises(errors.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
     data.check_splits(source, 8)
   data.check_splits(data.load(f'folder:{write_folder(str(tmp_path / "both"))}'), 4)
 
@@ -310,5 +312,5 @@ def test_a_folder_test_class_unknown_to_train_is_refused(tmp_path):
   root = str(tmp_path / 'images')
   write_folder(root, splits=('train',), labels=('a', 'b'))
   write_folder(root, splits=('test',), labels=('a', 'z'))
-  with pytest.raises(data.DataError, match=r"has classes \['z'\] that .*train' does not"):
+  with pytest.raises(errors.DataError, match=r"has classes \['z'\] that .*train' does not"):
     data.load(f'folder:{root}')

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from glow_tf import export_lib, runs, train_lib
+from glow_tf import errors
+from glow_tf.tools import runs, serving
+from glow_tf.training import trainer
+from glow_tf.training.config import PRESETS
 
 # Loads the export in a fresh interpreter in which `import glow_tf` fails and TFP
 # is never imported, runs every signature on inputs.npz, writes outputs.npz.
@@ -55,13 +58,13 @@ LOADER = textwrap.dedent("""
 @pytest.fixture(scope='module', params=['unconditional', 'conditional'])
 def exported(request, tmp_path_factory):
   root = tmp_path_factory.mktemp(request.param)
-  config = train_lib.PRESETS['tiny'].replace(
+  config = PRESETS['tiny'].replace(
     train_steps=4, eval_every=100, class_conditional=request.param == 'conditional'
   )
   run_dir = str(root / 'run')
-  train_lib.train_and_evaluate(config, run_dir)
+  trainer.train_and_evaluate(config, run_dir)
   export_dir = str(root / 'export')
-  facts = export_lib.export_run(run_dir, export_dir)
+  facts = serving.export_run(run_dir, export_dir)
   return run_dir, export_dir, facts
 
 
@@ -89,7 +92,7 @@ def load_in_fresh_process(export_dir, inputs, tmp_path):
 def test_every_signature_matches_the_in_memory_model_without_glow_tf(exported, tmp_path):
   run_dir, export_dir, facts = exported
   run = runs.load_run(run_dir)
-  serving = export_lib.GlowServing(run.flow, run.num_bins, run.model_config)
+  module = serving.GlowServing(run.flow, run.num_bins, run.model_config)
   rng = np.random.RandomState(0)
   images = rng.randint(0, run.num_bins, size=(17, 8, 8, 1)).astype(np.uint8)
   x = (rng.rand(4, 8, 8, 1) - 0.5).astype(np.float32)
@@ -103,7 +106,7 @@ def test_every_signature_matches_the_in_memory_model_without_glow_tf(exported, t
   for batch in (1, 3, 17):
     if conditional:
       label_kw = dict(label=tf.constant(inputs['label'][:batch]))
-    expected = serving.log_prob(tf.constant(images[:batch]), **label_kw)
+    expected = module.log_prob(tf.constant(images[:batch]), **label_kw)
     np.testing.assert_allclose(outputs[f'log_prob_{batch}'], expected['log_prob'], rtol=1e-4)
     np.testing.assert_allclose(
       outputs[f'bits_per_dim_{batch}'], expected['bits_per_dim'], rtol=1e-4
@@ -114,9 +117,9 @@ def test_every_signature_matches_the_in_memory_model_without_glow_tf(exported, t
     np.testing.assert_array_equal(outputs[f'decoded_{batch}'], images[:batch])
 
   sample_kw = dict(label=tf.constant(inputs['label'][:5])) if conditional else {}
-  expected = serving.sample(
-    tf.constant(5), tf.constant(0.7), tf.constant(3, tf.int64), **sample_kw
-  )['images'].numpy()
+  expected = module.sample(tf.constant(5), tf.constant(0.7), tf.constant(3, tf.int64), **sample_kw)[
+    'images'
+  ].numpy()
   np.testing.assert_array_equal(outputs['sample_3'], expected)
   np.testing.assert_array_equal(outputs['sample_3_again'], outputs['sample_3'])
   assert not np.array_equal(outputs['sample_4'], outputs['sample_3'])
@@ -125,7 +128,7 @@ def test_every_signature_matches_the_in_memory_model_without_glow_tf(exported, t
   float_kw = dict(label=tf.constant(inputs['label'][:4])) if conditional else {}
   np.testing.assert_allclose(
     outputs['log_prob_float'],
-    serving.log_prob_float(tf.constant(x), **float_kw)['log_prob'],
+    module.log_prob_float(tf.constant(x), **float_kw)['log_prob'],
     rtol=1e-4,
   )
 
@@ -165,7 +168,7 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
     [cli, 'show', '--all', '--dir', export_dir], capture_output=True, text=True, timeout=120
   )
   assert shown.returncode == 0, shown.stderr[-2000:]
-  for name in export_lib.signature_names():
+  for name in serving.signature_names():
     assert f"signature_def['{name}']" in shown.stdout
   inputs = 'num_samples=2;temperature=0.7;seed=1'
   if facts['num_classes']:
@@ -254,10 +257,10 @@ def test_export_cli_refuses_bad_input_and_overwrites_only_when_asked(exported, t
 def test_tflite_log_prob_matches_the_saved_model(exported, tmp_path):
   run_dir, export_dir, facts = exported
   if facts['num_classes']:
-    with pytest.raises(export_lib.ExportError, match='unconditional models only'):
-      export_lib.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
+    with pytest.raises(errors.ExportError, match='unconditional models only'):
+      serving.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
     return
-  export_lib.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
+  serving.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
   interpreter = tf.lite.Interpreter(model_path=str(tmp_path / 'lite' / 'log_prob.tflite'))
   runner = interpreter.get_signature_runner()
   images = np.random.RandomState(2).randint(0, 17, size=(3, 8, 8, 1)).astype(np.uint8)
@@ -297,15 +300,15 @@ def test_overwrite_replaces_only_a_previous_export_never_a_run(exported, tmp_pat
     (notes / 'todo.txt' / 'export', "lies under '{}', which is a file".format(notes / 'todo.txt')),
   ]
   for path, message in cases:
-    with pytest.raises(export_lib.ExportError, match=re.escape(message)):
-      export_lib.export_run(str(run), str(path), overwrite=True)
+    with pytest.raises(errors.ExportError, match=re.escape(message)):
+      serving.export_run(str(run), str(path), overwrite=True)
   assert digest(tmp_path) == before
-  facts = export_lib.export_run(str(run), str(previous), overwrite=True)
+  facts = serving.export_run(str(run), str(previous), overwrite=True)
   assert facts['step'] == 4 and tf.saved_model.load(str(previous)).signatures['sample'] is not None
   assert not [n for n in os.listdir(tmp_path) if n.startswith('.glow_export')]
   link = tmp_path / 'link'
   link.symlink_to(previous)
-  export_lib.export_run(str(run), str(link), overwrite=True)  # Replaces the target.
+  serving.export_run(str(run), str(link), overwrite=True)  # Replaces the target.
   assert link.is_symlink() and (previous / 'saved_model.pb').exists()
 
 
@@ -370,7 +373,7 @@ def test_tflite_refuses_an_input_resized_to_another_image_size(exported, tmp_pat
   run_dir, _, facts = exported
   if facts['num_classes']:
     return  # TFLite export is for unconditional models.
-  export_lib.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
+  serving.export_run(run_dir, str(tmp_path / 'lite'), tflite=True)
   interpreter = tf.lite.Interpreter(model_path=str(tmp_path / 'lite' / 'log_prob.tflite'))
   index = interpreter.get_input_details()[0]['index']
   interpreter.resize_tensor_input(index, [2, 16, 16, 1])

@@ -12,7 +12,6 @@ import numpy as np
 import tensorflow as tf
 
 from glow_tf import bijectors as gb
-from glow_tf import flow as flow_lib
 from glow_tf.bijectors.affine_coupling import split_channels
 from glow_tf.bijectors.flow_bijector import forward_and_log_det
 
@@ -36,16 +35,11 @@ class Leaf:
   bijector: object
 
 
-def _level_parts(level):
-  return list(reversed(level.bijectors)) if hasattr(level, 'bijectors') else [level]
-
-
 def leaves(flow) -> list[Leaf]:
-  """Every elementary bijector, in the order it applies from image to latent."""
-  multiscale = flow_lib.multiscale_flow(flow)
+  """Every elementary bijector of a `GlowDistribution`, in the order it applies, image -> latent."""
   found = []
-  for index, (level, prior) in enumerate(multiscale._stages()):  # pylint: disable=protected-access
-    for part in _level_parts(level):
+  for index, (parts, prior) in enumerate(flow.multiscale.stages()):
+    for part in parts:
       if hasattr(part, 'bijectors'):  # A flow step: ActNorm, permutation, coupling.
         found += [
           Leaf(f'level_{index}/{part.name}/{b.name}', index, b) for b in reversed(part.bijectors)
@@ -54,9 +48,8 @@ def leaves(flow) -> list[Leaf]:
         found.append(Leaf(f'level_{index}/{part.name}', index, part))
     if prior is not None:
       found.append(Leaf(f'level_{index}/{prior.name}', index, prior))
-  found += [
-    Leaf(m.name, len(multiscale.levels), m) for m in flow.submodules if isinstance(m, gb.TopPrior)
-  ]
+  if flow.top_prior is not None:
+    found.append(Leaf(flow.top_prior.name, len(flow.multiscale.levels), flow.top_prior))
   return found
 
 
@@ -78,11 +71,10 @@ def walk(flow, x, label=None):
   Between levels the second half of the channels leaves the flow, as in
   `MultiScaleFlow`; the top prior sees the flat latent of every level.
   """
-  multiscale = flow_lib.multiscale_flow(flow)
   records, factored, h = [], [], tf.convert_to_tensor(x, flow.dtype)
   for leaf in leaves(flow):
     if isinstance(leaf.bijector, gb.TopPrior):
-      h = multiscale.merge_latents(factored + [h])
+      h = flow.multiscale.merge_latents(factored + [h])
     y, log_det = forward_and_log_det(leaf.bijector, h, **leaf_kwargs(leaf.bijector, label))
     records.append((leaf, h, y, log_det))
     h = y
@@ -126,7 +118,7 @@ def batch_health(flow, x, label=None) -> dict[str, float]:
     if isinstance(leaf.bijector, gb.AffineCoupling) and not isinstance(
       leaf.bijector, gb.SplitPrior
     ):
-      _, log_scale = leaf.bijector._shift_and_log_scale(split_channels(x_in)[0])  # pylint: disable=protected-access
+      _, log_scale = leaf.bijector.shift_and_log_scale(split_channels(x_in)[0])
       low = min(low, float(tf.exp(tf.reduce_min(log_scale))))
       high = max(high, float(tf.exp(tf.reduce_max(log_scale))))
   figures = {'nonfinite_values': float(nonfinite)}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from glow_tf import benchmark
+from glow_tf.tools import benchmark
 
 FACTS = dict(
   date='2026-11-23', cpu='test cpu', cores=2, python='3', tensorflow='2', tensorflow_probability='0'
@@ -117,8 +117,8 @@ def test_a_tiny_benchmark_runs_every_measure_and_writes_its_table(tmp_path):
 @pytest.mark.parametrize(
   'args, message',
   [
-    (['--measures=speed'], "unknown measures ['speed']"),
-    (['--models=distrax'], "--models takes glow_tf and/or tfb_glow; got ['distrax']"),
+    (['--measures=speed'], "measures must be some of ['train', 'first_step'"),
+    (['--models=distrax'], "models must be some of ['glow_tf', 'tfb_glow']; got ('distrax',)"),
     (['--image_size=20'], 'image_size must be a multiple of 2**levels = 8; got 20'),
   ],
 )

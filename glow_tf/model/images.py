@@ -7,15 +7,15 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from glow_tf import data
+from glow_tf.model import pixels
 
 __all__ = ['display_uint8', 'grid', 'labelled_rows', 'text', 'write_png']
 
 
 def display_uint8(x, num_bins: int) -> np.ndarray:
   """Model-space images `[..., H, W, C]` in `[-0.5, 0.5)` -> uint8 spanning 0..255."""
-  pixels = data.to_pixels(tf.convert_to_tensor(x, tf.float32), num_bins).numpy()
-  return np.round(pixels * (255.0 / (num_bins - 1))).astype(np.uint8)
+  bins = pixels.to_pixels(tf.convert_to_tensor(x, tf.float32), num_bins).numpy()
+  return np.round(bins * (255.0 / (num_bins - 1))).astype(np.uint8)
 
 
 def grid(images: np.ndarray, columns: int, padding: int = 1, scale: int = 1) -> np.ndarray:

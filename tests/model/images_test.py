@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from glow_tf import images
+from glow_tf.model import images
 
 
 def test_text_draws_each_glyph_in_its_cell():

@@ -1,6 +1,5 @@
-"""The Glow model: `GlowConfig`, `build_glow`, ActNorm initialisation, encode/decode, bits/dim."""
+"""The Glow model: `build_glow`, ActNorm initialisation, sampling, encode/decode, bits/dim."""
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -13,14 +12,12 @@ from tensorflow_probability.python.distributions import transformed_distribution
 from glow_tf import bijectors as gb
 from glow_tf import nn
 from glow_tf.bijectors.call_cache import OneCallScope
+from glow_tf.model.config import GlowConfig
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
 
 __all__ = [
-  'COUPLINGS',
-  'PERMUTATIONS',
-  'GlowConfig',
   'GlowDistribution',
   'bits_per_dim',
   'build_classifier',
@@ -35,83 +32,7 @@ __all__ = [
   'with_temperature',
 ]
 
-COUPLINGS = ('affine', 'additive')
-PERMUTATIONS = ('conv1x1', 'conv1x1_plain', 'shuffle', 'reverse')
-DTYPES = ('float32', 'float64')
 TOP_PRIOR_NAME = 'top_prior'
-
-
-@dataclasses.dataclass(frozen=True)
-class GlowConfig:
-  """Architecture of a Glow flow.
-
-  Attributes:
-    image_shape: `(H, W, C)`; H and W must be multiples of `2**levels`.
-    levels: L, the number of scales (each ends with a squeeze, all but the last
-      with a split).
-    depth: K, flow steps per level (ActNorm -> permutation -> coupling).
-    width: channels of the coupling networks' hidden layers.
-    coupling: 'affine' or 'additive'.
-    permutation: 'conv1x1' (LU-parameterised), 'conv1x1_plain' (dense W),
-      'shuffle' or 'reverse' (the paper's fixed permutations).
-    learn_top: learn the mean and log-scale of the top latent's prior.
-    num_classes: if set, the top prior is class-conditional (TFP conditional
-      kwargs `{'top_prior': {'label': y}}`).
-    dtype: 'float32' or 'float64'.
-    seed: seeds the random rotations, shuffles and network weights.
-  """
-
-  image_shape: tuple[int, int, int] = (32, 32, 3)
-  levels: int = 3
-  depth: int = 32
-  width: int = 512
-  coupling: str = 'affine'
-  permutation: str = 'conv1x1'
-  learn_top: bool = True
-  num_classes: int | None = None
-  dtype: str = 'float32'
-  seed: int = 0
-
-  def __post_init__(self):
-    object.__setattr__(self, 'image_shape', tuple(int(d) for d in self.image_shape))
-    if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-      raise ValueError(f'image_shape must be (H, W, C) of positive ints; got {self.image_shape!r}.')
-    for name in ('levels', 'depth', 'width'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'{name} must be >= 1; got {getattr(self, name)!r}.')
-    multiple = 2**self.levels
-    if self.image_shape[0] % multiple or self.image_shape[1] % multiple:
-      raise ValueError(
-        f'image height and width must be multiples of 2**levels = {multiple} '
-        f'(levels={self.levels}); got image_shape={self.image_shape!r}.'
-      )
-    for name, choices in (
-      ('coupling', COUPLINGS),
-      ('permutation', PERMUTATIONS),
-      ('dtype', DTYPES),
-    ):
-      if getattr(self, name) not in choices:
-        raise ValueError(f'{name} must be one of {choices}; got {getattr(self, name)!r}.')
-    if self.num_classes is not None and self.num_classes < 2:
-      raise ValueError(f'num_classes must be >= 2 or None; got {self.num_classes!r}.')
-
-  @property
-  def num_dims(self) -> int:
-    """D = H * W * C."""
-    return int(np.prod(self.image_shape))
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> 'GlowConfig':
-    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(
-        f'Unknown GlowConfig fields {sorted(unknown)}; expected some of '
-        f'{[f.name for f in dataclasses.fields(cls)]}.'
-      )
-    return cls(**values)
 
 
 class GlowDistribution(OneCallScope, transformed_distribution._TransformedDistribution):  # pylint: disable=protected-access
@@ -123,7 +44,39 @@ class GlowDistribution(OneCallScope, transformed_distribution._TransformedDistri
   two share one pass of every coupling network, and nothing is kept for the
   next call (see `glow_tf.bijectors.CallCache`). Everything else is TFP's
   (non-`CompositeTensor`) `TransformedDistribution`.
+
+  Built by `build_glow`, its bijector is `tfb.Invert(encoder)` with the encoder
+  a `MultiScaleFlow`, or `FlowChain([TopPrior, MultiScaleFlow])`; `multiscale`
+  and `top_prior` name those parts.
   """
+
+  @property
+  def multiscale(self) -> gb.MultiScaleFlow:
+    """The image -> latent `MultiScaleFlow` (levels, steps, split priors, latent shapes)."""
+    return self._parts()[0]
+
+  @property
+  def top_prior(self) -> gb.TopPrior | None:
+    """The top latent's learned (or class-conditional) prior, or None."""
+    return self._parts()[1]
+
+  @property
+  def num_classes(self) -> int | None:
+    """Classes of a class-conditional flow (its top prior's), else None."""
+    return None if self.top_prior is None else self.top_prior.num_classes
+
+  def _parts(self):
+    encoder = getattr(self.bijector, 'bijector', None)  # tfb.Invert(encoder)
+    parts = list(encoder.bijectors) if isinstance(encoder, gb.FlowChain) else [encoder]
+    multiscale = [p for p in parts if isinstance(p, gb.MultiScaleFlow)]
+    top = [p for p in parts if isinstance(p, gb.TopPrior)]
+    if len(multiscale) != 1 or len(top) > 1:
+      raise ValueError(
+        f'GlowDistribution {self.name!r} needs the bijector build_glow makes, '
+        'tfb.Invert(MultiScaleFlow or FlowChain([TopPrior, MultiScaleFlow])); '
+        f'got {self.bijector.name!r}.'
+      )
+    return multiscale[0], (top[0] if top else None)
 
 
 def _permutation(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
@@ -205,23 +158,24 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
   return GlowDistribution(base, tfb.Invert(encoder), name=name)
 
 
-def build_classifier(config: GlowConfig) -> nn.ClassifierHead:
+def build_classifier(flow: GlowDistribution) -> nn.ClassifierHead:
   """The classifier head on the top latent of a class-conditional flow."""
-  if config.num_classes is None:
-    raise ValueError('build_classifier needs a class-conditional config; got num_classes=None.')
-  top_channels = config.image_shape[2] * 2 ** (config.levels + 1)
-  return nn.ClassifierHead(top_channels, config.num_classes, dtype=tf.as_dtype(config.dtype))
+  if flow.num_classes is None:
+    raise ValueError(
+      f'build_classifier needs a class-conditional flow; {flow.name!r} has no classes.'
+    )
+  top_channels = flow.multiscale.latent_shapes[-1][-1]
+  return nn.ClassifierHead(top_channels, flow.num_classes, dtype=flow.dtype)
 
 
 def multiscale_flow(flow: tfd.Distribution) -> gb.MultiScaleFlow:
-  """The `MultiScaleFlow` inside a flow built by `build_glow`."""
-  found = [m for m in flow.submodules if isinstance(m, gb.MultiScaleFlow)]
-  if len(found) != 1:
+  """The `MultiScaleFlow` inside a flow built by `build_glow` (`flow.multiscale`)."""
+  if not isinstance(flow, GlowDistribution):
     raise ValueError(
-      f'Expected a flow built by glow_tf.build_glow (one MultiScaleFlow); '
-      f'got {type(flow).__name__} {flow.name!r} with {len(found)}.'
+      f'Expected a flow built by glow_tf.build_glow (a GlowDistribution); '
+      f'got {type(flow).__name__} {flow.name!r}.'
     )
-  return found[0]
+  return flow.multiscale
 
 
 def conditional_kwargs(label=None) -> dict[str, Any]:

@@ -12,7 +12,12 @@ import tensorflow as tf
 
 import glow_tf
 from glow_tf import bijectors as gb
-from glow_tf import check, cli, data, health, nn, runs, train_lib
+from glow_tf import errors, nn
+from glow_tf.model import health
+from glow_tf.tools import checks, runs
+from glow_tf.training import data, rundir
+from glow_tf.training import trainer as trainer_lib
+from glow_tf.training.config import PRESETS
 
 CHECKS = {'actnorm', 'nonfinite', 'round_trip', 'condition', 'log_det', 'model_round_trip'}
 
@@ -20,8 +25,8 @@ CHECKS = {'actnorm', 'nonfinite', 'round_trip', 'condition', 'log_det', 'model_r
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   run = str(tmp_path_factory.mktemp('runs') / 'healthy')
-  config = train_lib.PRESETS['tiny'].replace(train_steps=10, eval_every=100)
-  train_lib.train_and_evaluate(config, run)
+  config = PRESETS['tiny'].replace(train_steps=10, eval_every=100)
+  trainer_lib.train_and_evaluate(config, run)
   return run
 
 
@@ -38,8 +43,8 @@ def run_check(*args):
 def break_one_conv(run_dir):
   """Makes the first 1x1 conv singular (one |s| = e^-40, in weights and averages);
   returns its layer name."""
-  trainer = train_lib.Trainer(
-    train_lib.TrainConfig.from_dict(train_lib.load_run_config(run_dir)['train']),
+  trainer = trainer_lib.Trainer(
+    rundir.load_run_config(run_dir).train,
     run_dir,
     data.load('digits'),
     tf.distribute.get_strategy(),
@@ -98,7 +103,7 @@ def test_the_library_call_flags_a_non_initialised_actnorm(trained):
   layer = next(m for m in run.flow.submodules if isinstance(m, nn.ActNormLayer))
   layer.initialized.assign(False)
   x, _ = runs.test_images(run, 2)
-  figures = {f.check: f for f in check.check_run(run, x) if f.check == 'actnorm'}
+  figures = {f.check: f for f in checks.check_run(run, x) if f.check == 'actnorm'}
   assert not figures['actnorm'].ok and figures['actnorm'].value == 1.0
   assert figures['actnorm'].layer == layer.name
 
@@ -157,5 +162,5 @@ def test_walk_passes_the_label_to_a_class_conditional_top_prior():
 def test_a_crop_no_squeeze_can_take_or_too_large_is_refused_up_front(trained, crop):
   run = runs.load_run(trained)
   x, label = runs.test_images(run, 1)
-  with pytest.raises(cli.UserError, match=rf'crop must be an even size in 2\.\.16; got {crop}'):
-    check.check_run(run, x, label, crop)
+  with pytest.raises(errors.UserError, match=rf'crop must be an even size in 2\.\.16; got {crop}'):
+    checks.check_run(run, x, label, crop)

@@ -8,20 +8,21 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from glow_tf import data, nn, optim, train_lib
-from glow_tf import flow as flow_lib
+from glow_tf import nn
+from glow_tf.errors import ConfigError, RunError
+from glow_tf.model import pixels
+from glow_tf.model.config import GlowConfig
+from glow_tf.training import data, rundir
+from glow_tf.training.config import TrainConfig
+from glow_tf.training.state import TrainState
 
 tfd = tfp.distributions
 
-__all__ = ['Run', 'RunError', 'check_batch', 'load_run', 'test_images']
+__all__ = ['Run', 'check_batch', 'load_run', 'test_images']
 
 # A batch through the flow is refused up front when one activation of the first level's
 # coupling networks (batch x H/2 x W/2 x width float32) would exceed this.
 MAX_ACTIVATION_BYTES = 2**30
-
-
-class RunError(ValueError):
-  """A run directory that cannot be used: missing, not a glow_tf run, or without checkpoint."""
 
 
 @dataclasses.dataclass
@@ -42,8 +43,8 @@ class Run:
   model_dir: str
   flow: tfd.Distribution
   classifier: nn.ClassifierHead | None
-  config: train_lib.TrainConfig
-  model_config: flow_lib.GlowConfig
+  config: TrainConfig
+  model_config: GlowConfig
   num_bins: int
   checkpoint: str
   step: int
@@ -68,53 +69,34 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     what = 'is not a directory' if tf.io.gfile.exists(model_dir) else 'does not exist'
     raise RunError(f'run directory {model_dir!r} {what}.')
   try:
-    values = train_lib.load_run_config(model_dir)
-    config = train_lib.TrainConfig.from_dict(values['train'])
-    model_config = flow_lib.GlowConfig.from_dict(
-      {**values['model'], 'image_shape': tuple(values['model']['image_shape'])}
-    )
-    num_bins = int(values['data']['num_bins'])
-  except train_lib.ConfigError as e:
+    run_config = rundir.load_run_config(model_dir)
+  except ConfigError as e:
     raise RunError(str(e)) from e
-  except (KeyError, TypeError, ValueError) as e:
-    raise RunError(
-      f'{os.path.join(model_dir, train_lib.CONFIG_FILE)!r} does not describe a glow_tf run '
-      f'({type(e).__name__}: {e}); expected the config.json glow_tf.train writes.'
-    ) from e
-  directory = os.path.join(model_dir, train_lib.CHECKPOINT_DIR)
-  if not train_lib.has_checkpoint_files(directory):
+  directory = os.path.join(model_dir, rundir.CHECKPOINT_DIR)
+  if not rundir.has_checkpoint_files(directory):
     raise RunError(f'run {model_dir!r} has no checkpoint yet (nothing in {directory}).')
-  flow = flow_lib.build_glow(model_config)
-  classifier = flow_lib.build_classifier(model_config) if model_config.num_classes else None
-  variables = list(flow.trainable_variables)
-  if classifier is not None:
-    variables += list(classifier.trainable_variables)
-  ema = optim.ExponentialMovingAverage(variables, decay=config.ema_decay)
-  step = tf.Variable(0, dtype=tf.int64, trainable=False)
-  parts = dict(flow=flow, ema=ema, step=step)
-  if classifier is not None:
-    parts['classifier'] = classifier
-  checkpoint = tf.train.Checkpoint(**parts)
+  config = run_config.train
+  state = TrainState.create(run_config.model, config.optimizer, config.ema_decay)
+  checkpoint = state.checkpoint()
   try:
-    restored = train_lib.restore_newest_intact(
+    restored = rundir.restore_newest_intact(
       directory,
-      lambda prefix: checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched(),
+      lambda prefix: checkpoint.restore(prefix).assert_existing_objects_matched(),
       advice=f'{model_dir!r} cannot be used until one of them is repaired.',
     )
-  except train_lib.ConfigError as e:
+  except ConfigError as e:
     raise RunError(str(e)) from e
   if averaged:
-    for average, variable in zip(ema.averages, variables):
-      variable.assign(average)
+    state.use_averages()
   return Run(
     model_dir,
-    flow,
-    classifier,
+    state.flow,
+    state.classifier,
     config,
-    model_config,
-    num_bins,
+    run_config.model,
+    run_config.data['num_bins'],
     restored.path,
-    int(step.numpy()),
+    int(state.step.numpy()),
   )
 
 
@@ -145,21 +127,19 @@ def test_images(run: Run, count: int, label: int | None = None):
     RunError: if the class is not in the data or no image matches.
   """
   config = run.config
-  source = data.load(
-    config.dataset, config.data_dir, False, config.n_bits, config.image_size, config.bad_files
-  )
+  source = data.load_config(dataclasses.replace(config.data, download=False))
   split = source.test if source.num_test else source.train
   if label is not None:
     if source.num_classes is None or not 0 <= label < source.num_classes:
       classes = 'no labels' if source.num_classes is None else f'0..{source.num_classes - 1}'
       raise RunError(f'class {label} is not in the data of {run.model_dir!r} ({classes}).')
     split = split.filter(lambda _, y: tf.equal(y, label))
-  pixels, labels = [], []
+  bins, labels = [], []
   for image, y in split.take(count):
-    pixels.append(image.numpy())
+    bins.append(image.numpy())
     labels.append(int(y))
-  if not pixels:
+  if not bins:
     which = '' if label is None else f' of class {label}'
-    raise RunError(f'no test images{which} in {config.dataset!r}.')
-  x = data.centre(np.stack(pixels), run.num_bins)
+    raise RunError(f'no test images{which} in {config.data.dataset!r}.')
+  x = pixels.centre(np.stack(bins), run.num_bins)
   return x, tf.constant(labels, tf.int32) if run.num_classes else None

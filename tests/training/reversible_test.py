@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 import glow_tf
-from glow_tf import reversible
+from glow_tf.training import reversible
+from glow_tf.training.loss import Loss
 from tests import checks
 
 TINY = dict(image_shape=(8, 8, 2), levels=2, depth=3, width=8)
@@ -32,7 +33,7 @@ def test_matches_ordinary_backprop(overrides, dtype, rtol):
   glow_tf.initialize(flow, x)
   checks.perturb(flow, 0.03, seed=4)
   label = tf.constant([0, 1, 2, 0, 1, 2]) if config.num_classes else None
-  classifier = glow_tf.build_classifier(config) if config.num_classes else None
+  classifier = glow_tf.build_classifier(flow) if config.num_classes else None
   variables = list(flow.trainable_variables)
   if classifier is not None:
     checks.perturb(classifier, 0.1)
@@ -49,7 +50,7 @@ def test_matches_ordinary_backprop(overrides, dtype, rtol):
   expected = tape.gradient(total, variables)
 
   loss_r, bpd_r, grads = reversible.loss_and_gradients(
-    flow, x, 17, variables, label=label, classifier=classifier, class_loss_weight=0.5
+    flow, x, Loss(17, class_loss_weight=0.5), variables, label=label, classifier=classifier
   )
   np.testing.assert_allclose(bpd_r, bpd, rtol=1e-6)
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
@@ -65,7 +66,7 @@ def test_traces_inside_tf_function_with_a_none_batch():
   glow_tf.initialize(flow, images(8))
   variables = flow.trainable_variables
   fn = tf.function(
-    lambda x: reversible.loss_and_gradients(flow, x, 17, variables),
+    lambda x: reversible.loss_and_gradients(flow, x, Loss(17), variables),
     input_signature=[tf.TensorSpec([None, 8, 8, 2])],
   )
   loss, bpd, grads = fn(images(3))

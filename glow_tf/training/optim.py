@@ -81,6 +81,11 @@ class Optimizer(tf.Module):
         tf.Variable(tf.zeros_like(v), trainable=False, name='v') for v in self._variables
       ]
 
+  @property
+  def trained_variables(self) -> list[tf.Variable]:
+    """The variables this optimiser updates, in the order `apply` takes their gradients."""
+    return list(self._variables)
+
   def apply(self, grads: Sequence[tf.Tensor], learning_rate) -> None:
     """One step with `grads` at `learning_rate` (call it inside the caller's finite-check)."""
     t = tf.cast(self.iterations.read_value() + 1, tf.float32)

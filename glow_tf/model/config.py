@@ -1,0 +1,101 @@
+"""GlowConfig: the architecture of a Glow flow, each field declared once."""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from glow_tf import configs
+from glow_tf.configs import option
+from glow_tf.errors import ConfigError
+
+__all__ = ['COUPLINGS', 'DTYPES', 'PERMUTATIONS', 'GlowConfig']
+
+COUPLINGS = ('affine', 'additive')
+PERMUTATIONS = ('conv1x1', 'conv1x1_plain', 'shuffle', 'reverse')
+DTYPES = ('float32', 'float64')
+
+
+@dataclasses.dataclass(frozen=True)
+class GlowConfig:
+  """Architecture of a Glow flow.
+
+  Attributes:
+    image_shape: `(H, W, C)`; H and W must be multiples of `2**levels`. None only
+      inside a `TrainConfig`, which takes it from the dataset.
+    levels: L, the number of scales (each ends with a squeeze, all but the last
+      with a split).
+    depth: K, flow steps per level (ActNorm -> permutation -> coupling).
+    width: channels of the coupling networks' hidden layers.
+    coupling: 'affine' or 'additive'.
+    permutation: 'conv1x1' (LU-parameterised), 'conv1x1_plain' (dense W),
+      'shuffle' or 'reverse' (the paper's fixed permutations).
+    learn_top: learn the mean and log-scale of the top latent's prior.
+    num_classes: if set, the top prior is class-conditional (TFP conditional
+      kwargs `{'top_prior': {'label': y}}`).
+    dtype: 'float32' or 'float64'.
+    seed: seeds the random rotations, shuffles and network weights.
+  """
+
+  image_shape: tuple[int, int, int] | None = option(
+    (32, 32, 3), 'Image shape (H, W, C); in training, taken from the dataset.'
+  )
+  levels: int = option(3, 'L: number of scales.', minimum=1, identity=True)
+  depth: int = option(32, 'K: flow steps per level.', minimum=1, identity=True)
+  width: int = option(512, 'Hidden channels of the coupling networks.', minimum=1, identity=True)
+  coupling: str = option('affine', 'Coupling layer.', choices=COUPLINGS, identity=True)
+  permutation: str = option(
+    'conv1x1',
+    'Channel mixing: learned 1x1 conv (LU or plain) or a fixed shuffle/reverse.',
+    choices=PERMUTATIONS,
+    identity=True,
+  )
+  learn_top: bool = option(True, 'Learn the prior of the top latent.', identity=True)
+  num_classes: int | None = option(
+    None, 'Classes of a class-conditional top prior (None: unconditional).', minimum=2
+  )
+  dtype: str = option('float32', 'Float type of weights and computations.', choices=DTYPES)
+  seed: int = option(
+    0,
+    'Seeds the random rotations, shuffles and network weights.',
+    minimum=configs.INT32[0],
+    maximum=configs.INT32[1],
+  )
+
+  def __post_init__(self):
+    if self.image_shape is not None:
+      try:
+        shape = tuple(int(d) for d in self.image_shape)
+      except (TypeError, ValueError):
+        shape = ()
+      if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(
+          f'image_shape must be (H, W, C) of positive ints; got {self.image_shape!r}.'
+        )
+      object.__setattr__(self, 'image_shape', shape)
+    configs.validate(self)
+    multiple = 2**self.levels
+    if self.image_shape is not None and (
+      self.image_shape[0] % multiple or self.image_shape[1] % multiple
+    ):
+      raise ConfigError(
+        f'image height and width must be multiples of 2**levels = {multiple} '
+        f'(levels={self.levels}); got image_shape={self.image_shape!r}.'
+      )
+
+  @property
+  def num_dims(self) -> int:
+    """D = H * W * C."""
+    if self.image_shape is None:
+      raise ConfigError('num_dims needs image_shape; this GlowConfig has none yet.')
+    return int(np.prod(self.image_shape))
+
+  def replace(self, **changes) -> 'GlowConfig':
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return configs.to_dict(self)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'GlowConfig':
+    return configs.from_dict(cls, values)

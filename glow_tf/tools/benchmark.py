@@ -1,0 +1,589 @@
+"""Benchmarks glow_tf against tfp.bijectors.Glow at the same architecture.
+
+Run: `python -m glow_tf.benchmark` (or bin/glow_benchmark).
+
+Every measurement runs in a fresh subprocess (so one model's graphs, caches and
+memory never affect another's); this process collects them and prints one
+table with medians, min-max over repeats, and the ratios the targets are about.
+Compare ratios, not absolute figures: this machine is noisy, and both models are
+measured side by side in the same run.
+"""
+
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import glow_tf
+from glow_tf import configs
+from glow_tf.configs import option
+from glow_tf.errors import ConfigError
+from glow_tf.training import optim, reversible
+from glow_tf.training.loss import Loss
+
+tfb, tfd = tfp.bijectors, tfp.distributions
+
+MEASURES = (
+  'train',
+  'first_step',
+  'log_prob',
+  'sample',
+  'memory',
+  'params',
+  'flops',
+  'mirrored',
+  'recompute',
+)
+MODELS = ('glow_tf', 'tfb_glow')
+XLA_MODES = {'off': [False], 'on': [True], 'both': [False, True]}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  """What `glow_tf.benchmark` measures, and at which size (its flags are these fields)."""
+
+  image_size: int = option(32, 'Images are image_size x image_size x channels.', minimum=2)
+  channels: int = option(3, 'Image channels.', minimum=1)
+  levels: int = option(3, 'L.', minimum=1)
+  depth: int = option(8, 'K, steps per level.', minimum=1)
+  width: int = option(400, 'Coupling network width.', minimum=1)
+  batch_size: int = option(16, 'Images per step.', minimum=1)
+  xla: str = option('off', 'XLA for the training step.', choices=tuple(XLA_MODES))
+  measures: tuple[str, ...] = option(
+    MEASURES,
+    f'Which of {",".join(MEASURES)}.',
+    check=lambda ms: len(ms) > 0 and set(ms) <= set(MEASURES),
+    expected=f'some of {list(MEASURES)}',
+  )
+  models: tuple[str, ...] = option(
+    MODELS,
+    'Which of glow_tf, tfb_glow.',
+    check=lambda ms: len(ms) > 0 and set(ms) <= set(MODELS),
+    expected=f'some of {list(MODELS)}',
+  )
+  repeats: int = option(5, 'Timed repeats per throughput figure.', minimum=1)
+  steps: int = option(3, 'Steps per timed repeat.', minimum=1)
+  memory_depth: int = option(32, 'K of the recompute memory comparison.', minimum=1)
+  mirrored_devices: int = option(2, 'Logical CPU devices for the mirrored ratio.', minimum=2)
+
+  def __post_init__(self):
+    configs.validate(self)
+    if self.image_size % (2**self.levels):
+      raise ConfigError(
+        f'image_size must be a multiple of 2**levels = {2**self.levels}; got {self.image_size}.'
+      )
+
+  @property
+  def shape(self) -> 'Shape':
+    return Shape(
+      self.image_size, self.channels, self.levels, self.depth, self.width, self.batch_size
+    )
+
+
+TEMPERATURE = 0.7
+TARGETS = {  # name: (description, threshold, higher is better)
+  'train_vs_tfb': ('training throughput vs tfb.Glow', 2.5),
+  'train_vs_peak': ('training FLOP rate vs conv peak', 0.75),
+  'first_step': ('time to first step (s)', 10.0),
+  'log_prob_vs_tfb': ('log_prob throughput vs tfb.Glow', 2.0),
+  'sample_vs_tfb': ('sampling throughput vs tfb.Glow', 2.0),
+  'mirrored': ('mirrored (N CPUs) vs one device', 0.9),
+  'recompute_memory': ('recompute step memory vs without', 1 / 3),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  image_size: int
+  channels: int
+  levels: int
+  depth: int
+  width: int
+  batch_size: int
+
+
+# ---- analytic FLOPs ------------------------------------------------------------------------
+
+
+def forward_flops(shape: Shape) -> int:
+  """Multiply-adds x 2 of one forward pass (convolutions, 1x1 mixing), per batch.
+
+  Per flow step at a level with C channels on an h x w grid: the 1x1 invertible
+  convolution (C * C), the coupling network (3x3: C/2 -> width, 1x1: width ->
+  width, 3x3: width -> C) per position; each split prior adds a 3x3 conv C/2 -> C.
+  Elementwise work (ActNorm, ReLU, the affine map) is left out.
+  """
+  size, channels, total = shape.image_size, shape.channels, 0
+  for level in range(shape.levels):
+    size, channels = size // 2, channels * 4
+    positions = shape.batch_size * size * size
+    kept = channels // 2
+    step = (
+      channels * channels
+      + 9 * kept * shape.width
+      + shape.width**2
+      + (9 * shape.width * 2 * (channels - kept))
+    )
+    total += shape.depth * positions * step
+    if level < shape.levels - 1:
+      total += positions * 9 * kept * 2 * (channels - kept)
+      channels = kept
+  return 2 * total
+
+
+# ---- worker side ---------------------------------------------------------------------------
+
+
+def _timed(fn, repeats, steps):
+  """Per-repeat seconds per call of `fn`, after the caller's warm-up."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      result = fn()
+    _block(result)
+    times.append((time.perf_counter() - start) / steps)
+  return times
+
+
+def _block(result):
+
+  tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, 'numpy') else t, result)
+
+
+def _build(spec, x):
+  """(flow, variables) for spec['model'], initialised on `x`."""
+
+  shape = Shape(**spec['shape'])
+  if spec['model'] == 'glow_tf':
+    flow = glow_tf.build_glow(
+      glow_tf.GlowConfig(
+        image_shape=(shape.image_size, shape.image_size, shape.channels),
+        levels=shape.levels,
+        depth=shape.depth,
+        width=shape.width,
+      )
+    )
+    glow_tf.initialize(flow, x)
+  else:
+    glow = tfb.Glow(
+      output_shape=(shape.image_size, shape.image_size, shape.channels),
+      num_glow_blocks=shape.levels,
+      num_steps_per_block=shape.depth,
+      coupling_bijector_fn=functools.partial(tfb.GlowDefaultNetwork, num_hidden=shape.width),
+      exit_bijector_fn=tfb.GlowDefaultExitNetwork,
+      grab_after_block=(0.5,) * shape.levels,
+      use_actnorm=True,
+      seed=1,
+    )
+    base = tfd.Sample(
+      tfd.Normal(0.0, 1.0),
+      glow.inverse_event_shape([shape.image_size, shape.image_size, shape.channels]),
+    )
+    flow = tfd.TransformedDistribution(base, glow)
+    flow.log_prob(x)  # Builds its Keras layers (and runs its ActNorm initialisation).
+  return flow, list(flow.trainable_variables)
+
+
+def _with_temperature(spec, flow):
+
+  if spec['model'] == 'glow_tf':
+    return glow_tf.with_temperature(flow, TEMPERATURE)
+  base = tfd.Sample(tfd.Normal(0.0, TEMPERATURE), flow.distribution.sample_shape)
+  return tfd.TransformedDistribution(base, flow.bijector)
+
+
+def _train_step_fn(spec, flow, variables, recompute=False):
+  """A training step of `flow` on mean bits/dim: training's own loss for glow_tf."""
+  shape = Shape(**spec['shape'])
+  num_dims = shape.image_size**2 * shape.channels
+  optimizer = optim.Optimizer(variables, 'adam')
+  loss_fn = Loss(num_bins=256)
+
+  def per_example(x):
+    if spec['model'] == 'glow_tf':
+      return loss_fn(flow, None, x)[0]
+    return loss_fn.bits_per_dim(flow.log_prob(x), num_dims)  # tfb.Glow: a plain distribution.
+
+  def grads(x):
+    if recompute:
+      loss, _, g = reversible.loss_and_gradients(flow, x, loss_fn, variables)
+      return tf.reduce_mean(loss), g
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(per_example(x))
+    return loss, tape.gradient(loss, variables)
+
+  grads = tf.function(grads, jit_compile=spec.get('xla', False))
+
+  def step(x):
+    loss, g = grads(x)
+    context = tf.distribute.get_replica_context()  # Identity outside a strategy.
+    g = [
+      t / context.num_replicas_in_sync for t in context.all_reduce(tf.distribute.ReduceOp.SUM, g)
+    ]
+    optimizer.apply(g, 1e-4)
+    return loss
+
+  return step
+
+
+def _status(key):
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(key):
+        return int(line.split()[1]) / 1024.0
+  return float('nan')
+
+
+def run_worker(spec):
+  """Runs one measurement; returns a dict of figures."""
+  if spec.get('cpu_devices'):  # Before the runtime starts: no op has run in this process.
+    tf.config.set_logical_device_configuration(
+      tf.config.list_physical_devices('CPU')[0],
+      [tf.config.LogicalDeviceConfiguration()] * spec['cpu_devices'],
+    )
+
+  shape = Shape(**spec['shape'])
+  repeats, steps = spec['repeats'], spec['steps']
+  if spec['kind'] == 'peak':
+    side = shape.image_size // 2
+    x = tf.random.normal([shape.batch_size, side, side, shape.width])
+    kernel = tf.random.normal([3, 3, shape.width, shape.width])
+    conv = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, 'SAME'))
+    _block(conv())
+    flops = 2 * 9 * shape.width**2 * shape.batch_size * side * side
+    return dict(
+      conv_peak_gflops=[flops / t / 1e9 for t in _timed(conv, repeats, steps)],
+      conv_shape=f'3x3 conv {shape.width}->{shape.width} on {shape.batch_size}x{side}x{side}',
+    )
+  x = tf.random.uniform(
+    [shape.batch_size, shape.image_size, shape.image_size, shape.channels], -0.5, 0.5, seed=1
+  )
+  if spec['kind'] == 'mirrored':
+    return _mirrored(spec, x)
+  flow, variables = _build(spec, x)
+  results = dict(params=int(sum(np.prod(v.shape) for v in variables)))
+  step = tf.function(_train_step_fn(spec, flow, variables, recompute=spec.get('recompute', False)))
+  start = time.perf_counter()
+  _block(step(x))
+  results['first_step_s'] = time.perf_counter() - start
+  _block(step(x))
+  if spec['kind'] == 'memory':
+    before = _status('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')  # Resets the peak (VmHWM) to the current resident size.
+    _timed(lambda: step(x), 1, steps)
+    peak = _status('VmHWM')
+    results.update(rss_before_mib=before, peak_rss_mib=peak, step_mib=peak - before)
+    return results
+  results['train_img_s'] = [shape.batch_size / t for t in _timed(lambda: step(x), repeats, steps)]
+  log_prob = tf.function(flow.log_prob)
+  _block(log_prob(x))
+  results['log_prob_img_s'] = [
+    shape.batch_size / t for t in _timed(lambda: log_prob(x), repeats, steps)
+  ]
+  warm = _with_temperature(spec, flow)
+  sample = tf.function(lambda seed: warm.sample(shape.batch_size, seed=seed))
+  seed = tf.constant([1, 2])
+  _block(sample(seed))
+  results['sample_img_s'] = [
+    shape.batch_size / t for t in _timed(lambda: sample(seed), repeats, steps)
+  ]
+  return results
+
+
+def _mirrored(spec, x):
+  """One device vs MirroredStrategy over logical CPUs, same global batch, in one process."""
+  shape = Shape(**spec['shape'])
+  rates = {}
+  strategies = {
+    'one_device': tf.distribute.OneDeviceStrategy('/cpu:0'),
+    'mirrored': tf.distribute.MirroredStrategy(
+      [d.name for d in tf.config.list_logical_devices('CPU')]
+    ),
+  }
+  spec = dict(spec, model='glow_tf')
+  for name, strategy in strategies.items():
+    with strategy.scope():
+      flow, variables = _build(spec, x)
+      step = _train_step_fn(spec, flow, variables)
+    per_replica = shape.batch_size // strategy.num_replicas_in_sync
+    dataset = tf.data.Dataset.from_tensors(x[:per_replica]).repeat()
+    iterator = iter(strategy.distribute_datasets_from_function(lambda ctx, d=dataset: d))
+
+    @tf.function
+    def run(step=step, strategy=strategy, iterator=iterator):
+      return strategy.experimental_local_results(strategy.run(step, args=(next(iterator),)))
+
+    _block(run())
+    rates[name] = [shape.batch_size / t for t in _timed(run, spec['repeats'], spec['steps'])]
+  return dict(
+    one_device_img_s=rates['one_device'],
+    mirrored_img_s=rates['mirrored'],
+    devices=len(tf.config.list_logical_devices('CPU')),
+  )
+
+
+# ---- parent side ---------------------------------------------------------------------------
+
+
+def spawn(spec, env=None):
+  """Runs one worker in a fresh interpreter; returns its figures (or an error)."""
+  command = [sys.executable, '-m', 'glow_tf.benchmark', f'--worker={json.dumps(spec)}']
+  result = subprocess.run(
+    command,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', **(env or {})},
+  )
+  for line in reversed(result.stdout.splitlines()):
+    if line.startswith('{'):
+      return json.loads(line)
+  return dict(error=(result.stderr.strip().splitlines() or ['no output'])[-1])
+
+
+def median(values):
+  return statistics.median(values) if isinstance(values, list) else values
+
+
+def spread(values, digits=1):
+  if not isinstance(values, list):
+    return f'{values:.{digits}f}'
+  return (
+    f'{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})'
+  )
+
+
+def machine_facts():
+
+  cpu = platform.processor() or ''
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return dict(
+    date=datetime.date.today().isoformat(),
+    cpu=cpu,
+    cores=os.cpu_count(),
+    python=platform.python_version(),
+    tensorflow=tf.__version__,
+    tensorflow_probability=tfp.__version__,
+  )
+
+
+def collect(
+  shape: Shape,
+  measures,
+  models,
+  xla_modes,
+  repeats,
+  steps,
+  memory_depth,
+  mirrored_devices,
+  log=print,
+):
+  """Runs every requested measurement; returns the figures."""
+  base = dict(shape=dataclasses.asdict(shape), repeats=repeats, steps=steps)
+  figures = {}
+  timing = {'train', 'first_step', 'log_prob', 'sample', 'params', 'flops'} & set(measures)
+  if timing:
+    for xla in xla_modes:
+      for model in models:
+        log(f'measuring {model}{" with XLA" if xla else ""} ...')
+        figures[(model, xla)] = spawn(dict(base, kind='model', model=model, xla=xla))
+  if 'flops' in measures or 'train' in measures:
+    log('measuring the conv peak ...')
+    figures['peak'] = spawn(dict(base, kind='peak'))
+  low_memory = {'MALLOC_MMAP_THRESHOLD_': '131072'}  # Freed buffers leave RSS at once.
+  if 'memory' in measures:
+    for model in models:
+      log(f'measuring memory of {model} ...')
+      figures[('memory', model)] = spawn(dict(base, kind='memory', model=model), low_memory)
+  if 'recompute' in measures:
+    deep = dict(dataclasses.asdict(shape), depth=memory_depth)
+    for recompute in (False, True):
+      log(f'measuring memory at K={memory_depth}, recompute={recompute} ...')
+      figures[('recompute', recompute)] = spawn(
+        dict(base, shape=deep, kind='memory', model='glow_tf', recompute=recompute), low_memory
+      )
+    figures['memory_depth'] = memory_depth
+  if 'mirrored' in measures:
+    log(f'measuring mirrored over {mirrored_devices} logical CPUs ...')
+    figures['mirrored'] = spawn(dict(base, kind='mirrored', cpu_devices=mirrored_devices))
+  return figures
+
+
+def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
+  """The markdown report: facts, the table of figures, targets."""
+  lines = [
+    f'# glow_tf benchmark, {facts["date"]}',
+    '',
+    f'Machine: {facts["cpu"]}, {facts["cores"]} cores. Python {facts["python"]}, '
+    f'TensorFlow {facts["tensorflow"]}, TFP {facts["tensorflow_probability"]}.',
+    '',
+    f'Command: `{command}`',
+    '',
+    f'Architecture: {shape.image_size}x{shape.image_size}x{shape.channels} images, '
+    f'{shape.levels} levels x {shape.depth} steps, width {shape.width}, batch '
+    f'{shape.batch_size}, affine coupling, LU 1x1 conv, learned split priors; the same '
+    'for tfb.Glow (GlowDefaultNetwork, GlowDefaultExitNetwork, grab 0.5 per block, '
+    'ActNorm). Both train with the same fused Adam step on mean bits/dim. Figures: '
+    'median (min-max) over repeated timed runs after warm-up.',
+    '',
+  ]
+  rows, checks = [], []
+  for xla in xla_modes:
+    ours, theirs = figures.get(('glow_tf', xla), {}), figures.get(('tfb_glow', xla), {})
+    tag = ' (XLA)' if xla else ''
+    for key, label in (
+      ('train_img_s', 'training step, img/s'),
+      ('log_prob_img_s', 'log_prob, img/s'),
+      ('sample_img_s', f'sampling at T={TEMPERATURE}, img/s'),
+      ('first_step_s', 'time to first training step, s'),
+    ):
+      if key in ours or key in theirs:
+        ratio = ''
+        if key in ours and key in theirs:
+          ratio = f'{median(ours[key]) / median(theirs[key]):.2f}x'
+          if key == 'first_step_s':
+            ratio = f'{median(theirs[key]) / median(ours[key]):.2f}x faster'
+        rows.append(
+          (
+            label + tag,
+            spread(ours[key]) if key in ours else '-',
+            spread(theirs[key]) if key in theirs else '-',
+            ratio,
+          )
+        )
+    if 'train_img_s' in ours and 'train_img_s' in theirs:
+      checks.append(
+        ('train_vs_tfb', tag, median(ours['train_img_s']) / median(theirs['train_img_s']))
+      )
+    if 'log_prob_img_s' in ours and 'log_prob_img_s' in theirs:
+      checks.append(
+        ('log_prob_vs_tfb', tag, median(ours['log_prob_img_s']) / median(theirs['log_prob_img_s']))
+      )
+    if 'sample_img_s' in ours and 'sample_img_s' in theirs:
+      checks.append(
+        ('sample_vs_tfb', tag, median(ours['sample_img_s']) / median(theirs['sample_img_s']))
+      )
+    if 'first_step_s' in ours:
+      checks.append(('first_step', tag, ours['first_step_s']))
+    if 'params' in ours or 'params' in theirs:
+      rows.append(
+        (
+          'parameters' + tag,
+          f'{ours.get("params", 0):,}',
+          f'{theirs.get("params", 0):,}',
+          f'{ours["params"] / theirs["params"]:.3f}x'
+          if 'params' in ours and 'params' in theirs
+          else '',
+        )
+      )
+    peak = figures.get('peak', {})
+    if 'train_img_s' in ours and 'conv_peak_gflops' in peak:
+      step_flops = 3 * forward_flops(shape)
+      achieved = step_flops / (shape.batch_size / median(ours['train_img_s'])) / 1e9
+      rows.append(
+        (
+          'training FLOP rate, GFLOP/s' + tag,
+          f'{achieved:.1f}',
+          '',
+          f'{achieved / median(peak["conv_peak_gflops"]):.0%} of peak',
+        )
+      )
+      checks.append(('train_vs_peak', tag, achieved / median(peak['conv_peak_gflops'])))
+  peak = figures.get('peak', {})
+  if 'conv_peak_gflops' in peak:
+    rows.append(
+      (f'machine peak: {peak["conv_shape"]}, GFLOP/s', spread(peak['conv_peak_gflops']), '', '')
+    )
+  memories = [figures.get(('memory', m), {}) for m in ('glow_tf', 'tfb_glow')]
+  if any('peak_rss_mib' in m for m in memories):
+    cells = [
+      f'{m["peak_rss_mib"]:.0f} ({m["step_mib"]:.0f})' if 'peak_rss_mib' in m else '-'
+      for m in memories
+    ]
+    rows.append(('peak RSS in training steps, MiB (of it, added by the step)', *cells, ''))
+  pairs = []  # Second table: one model, without / with a feature.
+  plain, recomputed = figures.get(('recompute', False)), figures.get(('recompute', True))
+  if plain and recomputed and 'step_mib' in plain and 'step_mib' in recomputed:
+    depth = figures['memory_depth']
+    for label, key in (
+      ('peak RSS in training steps, MiB', 'peak_rss_mib'),
+      ('of it, added by the step, MiB', 'step_mib'),
+      ('time to first step, s', 'first_step_s'),
+    ):
+      pairs.append(
+        (
+          f'--recompute at K={depth}: {label}',
+          f'{plain[key]:.0f}',
+          f'{recomputed[key]:.0f}',
+          f'{recomputed[key] / plain[key]:.2f}x',
+        )
+      )
+    checks.append(('recompute_memory', '', recomputed['step_mib'] / plain['step_mib']))
+  mirrored = figures.get('mirrored')
+  if mirrored and 'mirrored_img_s' in mirrored:
+    ratio = median(mirrored['mirrored_img_s']) / median(mirrored['one_device_img_s'])
+    pairs.append(
+      (
+        f'MirroredStrategy over {mirrored["devices"]} logical CPUs (vs one device), training img/s',
+        spread(mirrored['one_device_img_s']),
+        spread(mirrored['mirrored_img_s']),
+        f'{ratio:.2f}x',
+      )
+    )
+    checks.append(('mirrored', '', ratio))
+  errors = [(k, v['error']) for k, v in figures.items() if isinstance(v, dict) and 'error' in v]
+  lines += ['| measure | glow_tf | tfb.Glow | ratio |', '| --- | --- | --- | --- |']
+  lines += [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in rows]
+  if pairs:
+    lines += ['', '| glow_tf | without | with | ratio |', '| --- | --- | --- | --- |']
+    lines += [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in pairs]
+  lines += ['', '| target | measured | met |', '| --- | --- | --- |']
+  for name, tag, value in checks:
+    description, threshold = TARGETS[name]
+    lower_is_better = name in ('first_step', 'recompute_memory')
+    met = value <= threshold if lower_is_better else value >= threshold
+    bound = '<=' if lower_is_better else '>='
+    shown = f'{value:.2f}' if name != 'train_vs_peak' else f'{value:.0%}'
+    target = f'{threshold:.0%}' if name == 'train_vs_peak' else f'{threshold:.2f}'
+    lines.append(f'| {description}{tag} {bound} {target} | {shown} | {"yes" if met else "no"} |')
+  lines += [
+    '',
+    f'Analytic FLOPs of one forward pass: {forward_flops(shape) / 1e9:.2f} GFLOP '
+    '(convolutions and 1x1 mixing, x2 per multiply-add); a training step is counted '
+    'as 3x that (forward, and a backward pass of twice the work).',
+  ]
+  for key, error in errors:
+    lines.append(f'\nMeasurement {key} failed: {error}')
+  return '\n'.join(lines) + '\n'
+
+
+def benchmark(config: BenchmarkConfig, command: str, log=print) -> str:
+  """Runs every measurement `config` asks for, each in a fresh process; returns the report."""
+  xla_modes = XLA_MODES[config.xla]
+  figures = collect(
+    config.shape,
+    config.measures,
+    list(config.models),
+    xla_modes,
+    config.repeats,
+    config.steps,
+    config.memory_depth,
+    config.mirrored_devices,
+    log=log,
+  )
+  return report(config.shape, figures, xla_modes, command, machine_facts())

@@ -1,0 +1,83 @@
+"""TrainState: what a checkpoint holds, built in one place for training and for loading."""
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from glow_tf import nn
+from glow_tf.model import flow as flow_lib
+from glow_tf.model.config import GlowConfig
+from glow_tf.training import optim
+
+tfd = tfp.distributions
+
+__all__ = ['TrainState']
+
+
+@dataclasses.dataclass
+class TrainState:
+  """The model and everything training keeps about it, as one checkpoint.
+
+  Attributes:
+    flow: the Glow distribution.
+    classifier: the classifier head of a class-conditional flow, else None.
+    optimizer: its moments, over `variables`.
+    ema: the Polyak averages of `variables`.
+    step: training steps taken.
+    nonfinite_total, nonfinite_streak: non-finite steps in all, and in a row now.
+    lr_scale: the learning-rate multiplier non-finite streaks have lowered.
+  """
+
+  flow: tfd.Distribution
+  classifier: nn.ClassifierHead | None
+  optimizer: optim.Optimizer
+  ema: optim.ExponentialMovingAverage
+  step: tf.Variable
+  nonfinite_total: tf.Variable
+  nonfinite_streak: tf.Variable
+  lr_scale: tf.Variable
+
+  @classmethod
+  def create(
+    cls, model_config: GlowConfig, optimizer: str = 'adamax', ema_decay: float = 0.999
+  ) -> 'TrainState':
+    """A fresh state for `model_config` (call it inside `strategy.scope()` to distribute it)."""
+    flow = flow_lib.build_glow(model_config)
+    classifier = flow_lib.build_classifier(flow) if model_config.num_classes else None
+    variables = list(flow.trainable_variables)
+    if classifier is not None:
+      variables += list(classifier.trainable_variables)
+    return cls(
+      flow=flow,
+      classifier=classifier,
+      optimizer=optim.Optimizer(variables, kind=optimizer),
+      ema=optim.ExponentialMovingAverage(variables, ema_decay),
+      step=tf.Variable(0, dtype=tf.int64, trainable=False, name='step'),
+      nonfinite_total=tf.Variable(0, dtype=tf.int64, trainable=False, name='nonfinite'),
+      nonfinite_streak=tf.Variable(0, dtype=tf.int64, trainable=False, name='streak'),
+      lr_scale=tf.Variable(1.0, trainable=False, name='lr_scale'),
+    )
+
+  @property
+  def variables(self) -> list[tf.Variable]:
+    """The trained variables: the flow's, then the classifier's."""
+    return self.optimizer.trained_variables
+
+  def checkpointed_variables(self) -> list[tf.Variable]:
+    """Every variable the checkpoint holds: model, optimiser, averages, counters."""
+    modules = [self.flow, self.optimizer, self.ema] + ([self.classifier] if self.classifier else [])
+    counters = [self.step, self.nonfinite_total, self.nonfinite_streak, self.lr_scale]
+    return [v for m in modules for v in m.variables] + counters
+
+  def checkpoint(self) -> tf.train.Checkpoint:
+    """The checkpoint layout of a run: every field, by its name (the classifier if any)."""
+    parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    if parts['classifier'] is None:
+      del parts['classifier']
+    return tf.train.Checkpoint(**parts)
+
+  def use_averages(self) -> None:
+    """Puts the Polyak averages in place of the trained values (for a finished run)."""
+    for average, variable in zip(self.ema.averages, self.variables):
+      variable.assign(average)

@@ -1,0 +1,494 @@
+"""Training Glow: `Trainer` (one run's steps) and `train_and_evaluate(config, model_dir)`.
+
+No flags here: `glow_tf.train` (the CLI) turns flags into a `TrainConfig`, and
+tests and notebooks call `train_and_evaluate` directly.
+"""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from glow_tf.errors import ConfigError
+from glow_tf.model import flow as flow_lib
+from glow_tf.model import health, images, sampling
+from glow_tf.training import data, distribute, optim, reversible, rundir
+from glow_tf.training.config import TrainConfig
+from glow_tf.training.loss import Loss
+from glow_tf.training.state import TrainState
+
+__all__ = ['Diverged', 'Interrupted', 'Trainer', 'TrainingStopped', 'train_and_evaluate']
+
+
+class TrainingStopped(Exception):
+  """Training ended early on purpose; the message says why and what was kept."""
+
+  exit_status = 1
+
+
+class Diverged(TrainingStopped):
+  """The loss stayed non-finite for `max_nonfinite_steps` consecutive steps."""
+
+  exit_status = 3
+
+
+class Interrupted(TrainingStopped):
+  """SIGTERM or SIGINT: a checkpoint was saved, then training stopped."""
+
+  def __init__(self, message, signal_number):
+    super().__init__(message)
+    self.exit_status = 128 + signal_number
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+class Trainer:
+  """The state of one run (model, optimiser, EMA, counters, checkpoints) and its steps.
+
+  `train_and_evaluate` drives it; tests use it directly, e.g. to feed chosen batches.
+  """
+
+  def __init__(
+    self,
+    config: TrainConfig,
+    model_dir: str,
+    source: data.DataSource,
+    strategy: tf.distribute.Strategy,
+  ):
+    self.config, self.model_dir, self.source, self.strategy = config, model_dir, source, strategy
+    self.num_replicas = strategy.num_replicas_in_sync
+    self.global_batch = config.global_batch_size(self.num_replicas)
+    self.model_config = config.model_config(source)
+    self.run_config = rundir.RunConfig(
+      config,
+      self.model_config,
+      dict(
+        num_bins=source.num_bins,
+        image_shape=list(source.image_shape),
+        num_classes=source.num_classes,
+        num_train=source.num_train,
+        num_test=source.num_test,
+      ),
+    )
+    self.is_chief, self.task_id = distribute.is_chief(strategy)
+    with strategy.scope():
+      self.state = TrainState.create(self.model_config, config.optimizer, config.ema_decay)
+    # The parts of the state the steps use, by name.
+    self.flow, self.classifier = self.state.flow, self.state.classifier
+    self.optimizer, self.ema = self.state.optimizer, self.state.ema
+    self.step, self.lr_scale = self.state.step, self.state.lr_scale
+    self.nonfinite_total, self.nonfinite_streak = (
+      self.state.nonfinite_total,
+      self.state.nonfinite_streak,
+    )
+    self.variables = self.state.variables
+    self.checkpoint = self.state.checkpoint()
+    self.loss = Loss(source.num_bins, config.class_loss_weight)
+    self._manager = None
+    self._compute_grads = tf.function(self._grads_and_metrics, jit_compile=config.jit_compile)
+    self._train_step = tf.function(self._distributed_train_step)
+    self._eval_step = tf.function(self._distributed_eval_step)
+
+  # ---- state -----------------------------------------------------------------------------
+
+  @property
+  def manager(self) -> tf.train.CheckpointManager:
+    """Writes and rotates this run's checkpoints (created once the state file is sound)."""
+    if self._manager is None:
+      directory = os.path.join(self.model_dir, rundir.CHECKPOINT_DIR)
+      if not self.is_chief:  # Other workers write their (identical) copy aside and delete it.
+        directory = os.path.join(self.model_dir, '.worker_tmp', f'worker_{self.task_id}')
+      self._manager = tf.train.CheckpointManager(
+        self.checkpoint, directory, max_to_keep=self.config.keep_checkpoints
+      )
+    return self._manager
+
+  def restore_or_initialize(self) -> str:
+    """Restores the newest intact checkpoint, or initialises ActNorm on a training batch.
+
+    Incomplete or unrestorable checkpoints are skipped with a warning naming them (see
+    `restore_newest_intact`); the chief then points the state file at the one restored.
+    If checkpoint files exist but none restores, raises ConfigError: a run with
+    checkpoints is never re-initialised.
+    """
+    directory = os.path.join(self.model_dir, rundir.CHECKPOINT_DIR)
+    restored = rundir.restore_newest_intact(
+      directory,
+      lambda prefix: self.checkpoint.restore(prefix).assert_existing_objects_matched(),
+      advice='If config.json was lost, rerun with the flags this run was started with; '
+      'to start over, move the run directory away or use another --model_dir.',
+    )
+    if restored.path:
+      if self.is_chief and not restored.state_ok:
+        rundir.write_checkpoint_state(directory, restored.path, restored.kept)
+      self._manager = None  # Reads the state file afresh.
+      return f'restored {restored.path} at step {int(self.step.numpy())}'
+    init_batch = min(self.config.init_batch_size, self.source.num_train)
+    x, _ = next(iter(data.train_dataset(self.source, init_batch, self.config.seed)))
+    with self.strategy.scope():
+      count = flow_lib.initialize(self.flow, x)
+      self.ema.reset()
+    return f'initialised {count} ActNorm layers on {init_batch} training images'
+
+  def save(self) -> str | None:
+    """Writes a checkpoint of the current step.
+
+    Raises:
+      ConfigError: if it cannot be written (disk full, permissions). The partial save
+        is removed and the previous checkpoint is untouched; the message names it.
+    """
+    step = int(self.step.numpy())
+    try:
+      path = self.manager.save(checkpoint_number=step)
+    except rundir.WRITE_ERRORS as e:
+      rundir.remove_partial_saves(self.manager.directory)
+      kept = self.manager.latest_checkpoint
+      raise ConfigError(
+        f'cannot write checkpoint ckpt-{step} in {self.manager.directory!r} '
+        f'({rundir.error_line(e)}); '
+        + (f'{kept} is intact' if kept else 'no checkpoint was written before')
+        + '. Free space or fix permissions, then rerun the same command to resume.'
+      ) from e
+    if not self.is_chief:
+      tf.io.gfile.rmtree(self.manager.directory)
+    return path
+
+  @contextlib.contextmanager
+  def averaged_weights(self):
+    """Within this context the model holds its Polyak (EMA) averages."""
+    self.ema.swap()
+    try:
+      yield
+    finally:
+      self.ema.swap()
+
+  # ---- steps -----------------------------------------------------------------------------
+
+  def learning_rate(self, step):
+    warmup = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / max(self.config.warmup_steps, 1))
+    return self.config.learning_rate * warmup * self.lr_scale
+
+  def _label(self, label):
+    """The label the loss takes: the batch's, for a class-conditional flow; else None."""
+    return label if self.classifier is not None else None
+
+  def _grads_and_metrics(self, x, label):
+    if self.config.recompute:  # Reversible backward: memory does not grow with depth.
+      loss, bpd, grads = reversible.loss_and_gradients(
+        self.flow,
+        x,
+        self.loss,
+        self.variables,
+        label=self._label(label),
+        classifier=self.classifier,
+        loss_scale=1.0 / self.global_batch,
+      )
+      return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
+    with tf.GradientTape() as tape:
+      loss, bpd = self.loss(self.flow, self.classifier, x, self._label(label))
+      scaled = tf.reduce_sum(loss) / self.global_batch
+    grads = tape.gradient(scaled, self.variables)
+    return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
+
+  def _replica_train_step(self, x, label):
+    context = tf.distribute.get_replica_context()
+    grads, loss_sum, bpd_sum = self._compute_grads(x, label)
+    grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    loss_sum, bpd_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss_sum, bpd_sum])
+    grads, grad_norm = optim.global_norm_clip(grads, self.config.grad_clip_norm)
+    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss_sum)
+    learning_rate = self.learning_rate(self.step.read_value())
+
+    def apply():
+      self.optimizer.apply(grads, learning_rate)
+      self.ema.update()
+      return tf.constant(True)
+
+    tf.cond(finite, apply, lambda: tf.constant(False))
+    # Counters: every replica computes the same values from the same all-reduced sums.
+    optim.local_assign_add(self.step, 1)
+    nonfinite = tf.cast(tf.logical_not(finite), tf.int64)
+    optim.local_assign_add(self.nonfinite_total, nonfinite)
+    # Consecutive non-finite steps; every `nonfinite_patience` of them halve the rate.
+    streak = (self.nonfinite_streak.read_value() + 1) * nonfinite
+    lower = (streak > 0) & (streak % self.config.nonfinite_patience == 0)
+    optim.local_assign(self.lr_scale, tf.where(lower, 0.5, 1.0) * self.lr_scale.read_value())
+    optim.local_assign(self.nonfinite_streak, streak)
+    return dict(
+      loss=loss_sum / self.global_batch,
+      bpd=bpd_sum / self.global_batch,
+      grad_norm=grad_norm,
+      learning_rate=learning_rate,
+      finite=finite,
+    )
+
+  def _distributed_train_step(self, iterator):
+    x, label = next(iterator)
+    metrics = self.strategy.run(self._replica_train_step, args=(x, label))
+    return {k: self.strategy.experimental_local_results(v)[0] for k, v in metrics.items()}
+
+  def train_step(self, iterator) -> dict[str, float]:
+    """One step on the next batch of a distributed iterator; returns its metrics."""
+    return {k: v.numpy() for k, v in self._train_step(iterator).items()}
+
+  def distribute(self, dataset_fn):
+    """`dataset_fn(input_context)` -> per-replica batches, distributed over the strategy."""
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def train_iterator(self):
+    return iter(
+      self.distribute(
+        lambda ctx: data.train_dataset(
+          self.source, self.global_batch, self.config.seed, int(self.step.numpy()), ctx
+        )
+      )
+    )
+
+  def _replica_eval_step(self, x, label, weight):
+    context = tf.distribute.get_replica_context()
+    _, bpd = self.loss(self.flow, self.classifier, x, self._label(label))
+    sums = [tf.reduce_sum(weight * bpd), tf.reduce_sum(weight)]
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+
+  def _distributed_eval_step(self, batch):
+    sums = self.strategy.run(self._replica_eval_step, args=batch)
+    return [self.strategy.experimental_local_results(s)[0] for s in sums]
+
+  def evaluate(self) -> float:
+    """Test bits/dim with the Polyak-averaged weights, over the whole test split."""
+    dataset = self.distribute(
+      lambda ctx: data.eval_dataset(self.source, self.global_batch, self.config.seed, ctx)
+    )
+    total, count = 0.0, 0.0
+    with self.averaged_weights():
+      for batch in dataset:
+        bpd_sum, weight_sum = self._eval_step(batch)
+        total, count = total + float(bpd_sum), count + float(weight_sum)
+    return total / count
+
+  def sample_grid(self, temperature: float, seed: int = 0) -> np.ndarray:
+    """A uint8 grid of samples at `temperature` with the averaged weights (labels cycle)."""
+    num = self.config.samples_per_temperature
+    label = tf.range(num) % self.model_config.num_classes if self.model_config.num_classes else None
+    with self.averaged_weights():
+      return sampling.sample_grid(
+        self.flow, self.source.num_bins, temperature, num, self.config.seed + seed, label
+      )
+
+
+def train_and_evaluate(
+  config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy | None = None
+) -> dict[str, Any]:
+  """Trains (or resumes) a run in `model_dir`, evaluates it, and returns its results.
+
+  Leaves in `model_dir`: `config.json`, `checkpoints/`, TensorBoard logs
+  (`train/`, `test/`), sample grids (`samples/`), and `results.json` with the
+  final test bits/dim of the Polyak-averaged weights.
+
+  Before step 0 it checks every input: the data (a training split of at least one
+  global batch, a non-empty test split), the model against the data, `model_dir`
+  against its config.json and checkpoints; and it holds `model_dir`'s lock, so a
+  second training into it is refused. config.json is written only once the run is
+  known to be consistent (checkpoint restored, or a new run initialised).
+  """
+  strategy = strategy or distribute.make_strategy(config.strategy)
+  rundir.check_model_dir(model_dir)
+  source = data.load_config(config.data)
+  trainer = Trainer(config, model_dir, source, strategy)
+  data.check_splits(source, trainer.global_batch)
+  with rundir.run_lock(model_dir) if trainer.is_chief else contextlib.nullcontext():
+    return _train_and_evaluate(trainer)
+
+
+def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
+  """`train_and_evaluate` once the inputs are checked (and the chief holds the lock)."""
+  config, model_dir, source = trainer.config, trainer.model_dir, trainer.source
+  rundir.check_run_dir(model_dir, trainer.run_config)
+  if trainer.is_chief:
+    rundir.remove_partial_saves(os.path.join(model_dir, rundir.CHECKPOINT_DIR))
+  logging.info('%s: %s', model_dir, trainer.restore_or_initialize())
+  if trainer.is_chief:  # Only now: the flags are known to fit the data and the checkpoints.
+    rundir.write_json(os.path.join(model_dir, rundir.CONFIG_FILE), trainer.run_config.to_dict())
+  writers = {
+    k: tf.summary.create_file_writer(os.path.join(model_dir, k))
+    if trainer.is_chief
+    else tf.summary.create_noop_writer()
+    for k in ('train', 'test')
+  }
+
+  start_step = int(trainer.step.numpy())
+  if start_step < config.train_steps:
+    logging.info(
+      'training %s from step %d to %d: %d images %s, global batch %d on %d '
+      'replica(s), %d parameters',
+      source.name,
+      start_step,
+      config.train_steps,
+      source.num_train,
+      source.image_shape,
+      trainer.global_batch,
+      trainer.num_replicas,
+      sum(int(np.prod(v.shape)) for v in trainer.variables),
+    )
+  started = time.time()
+  with _stop_signals() as received:
+    _train_loop(trainer, writers, start_step, received)
+  final_step = int(trainer.step.numpy())
+  if trainer.manager.latest_checkpoint is None or not trainer.manager.latest_checkpoint.endswith(
+    f'-{final_step}'
+  ):
+    trainer.save()
+  test_bpd = _evaluate_and_sample(trainer, writers['test'], final_step, final=True)
+  results = dict(
+    test_bits_per_dim=test_bpd,
+    step=final_step,
+    num_test=source.num_test,
+    train_seconds=round(time.time() - started, 1),
+    nonfinite_steps=int(trainer.nonfinite_total.numpy()),
+    checkpoint=trainer.manager.latest_checkpoint if trainer.is_chief else None,
+  )
+  if trainer.is_chief:
+    rundir.write_json(os.path.join(model_dir, rundir.RESULTS_FILE), results)
+  logging.info(
+    'glow_tf %s: test bits/dim %.4f (Polyak-averaged weights, %d test images, step %d)',
+    source.name,
+    test_bpd,
+    source.num_test,
+    final_step,
+  )
+  return results
+
+
+@contextlib.contextmanager
+def _stop_signals():
+  """Records SIGTERM/SIGINT instead of dying at once, so the loop can save and stop."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  handler = lambda number, frame: received.append(number)  # noqa: E731
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for number, old in previous.items():
+      signal.signal(number, old)
+
+
+def _train_loop(trainer: Trainer, writers, start_step: int, received) -> None:
+  """Steps until `train_steps`, logging, checkpointing and evaluating on the way.
+
+  Stops early, with a clear message, on a signal (after saving a checkpoint) or
+  when the loss stays non-finite for `max_nonfinite_steps` steps (keeping the
+  last checkpoint, whose weights no skipped step has touched).
+  """
+  config = trainer.config
+  iterator = trainer.train_iterator()
+  started = last_log = time.time()
+  last_log_step, bpd_values = start_step, []
+  while int(trainer.step.numpy()) < config.train_steps:
+    metrics = trainer.train_step(iterator)
+    step = int(trainer.step.numpy())
+    if step == start_step + 1:  # Rates exclude the first step: tracing and compilation.
+      logging.info('first step took %.1f s (tracing and compilation)', time.time() - started)
+      last_log, last_log_step = time.time(), step
+    if metrics['finite']:
+      bpd_values.append(float(metrics['bpd']))
+    else:
+      streak = int(trainer.nonfinite_streak.numpy())
+      logging.warning(
+        'step %d: non-finite loss or gradient; step skipped (%d in a row, %d in '
+        'all; learning-rate scale %.3g)',
+        step,
+        streak,
+        int(trainer.nonfinite_total.numpy()),
+        float(trainer.lr_scale.numpy()),
+      )
+      if streak >= config.max_nonfinite_steps:
+        kept = trainer.manager.latest_checkpoint or 'none yet'
+        raise Diverged(
+          f'stopped at step {step}: the loss or its gradient was non-finite for '
+          f'{streak} consecutive steps (max_nonfinite_steps); last good checkpoint '
+          f'kept: {kept}.'
+        )
+    now = time.time()
+    if now - last_log >= config.log_every_secs or step == config.train_steps:
+      rate = (step - last_log_step) / max(now - last_log, 1e-9)
+      _log_progress(trainer, writers['train'], metrics, bpd_values, rate)
+      last_log, last_log_step, bpd_values = now, step, []
+    if received:
+      path = trainer.save()
+      raise Interrupted(
+        f'{signal.Signals(received[0]).name} at step {step}: saved {path}; '
+        'rerun the same command to resume.',
+        received[0],
+      )
+    # No checkpoint in a non-finite streak: the last good one must not rotate out.
+    if step % config.checkpoint_every == 0 and step < config.train_steps and metrics['finite']:
+      trainer.save()
+    if step % config.eval_every == 0 and step < config.train_steps:
+      _evaluate_and_sample(trainer, writers['test'], step, final=False)
+
+
+def _log_progress(trainer: Trainer, writer, metrics, bpd_values, rate: float) -> None:
+  config, step = trainer.config, int(trainer.step.numpy())
+  mean_bpd = float(np.mean(bpd_values)) if bpd_values else float('nan')
+  logging.info(
+    'step %d/%d  train bits/dim %.3f  %.2f steps/s  ETA %s  (lr %.2e, grad norm '
+    '%.3g, non-finite %d)',
+    step,
+    config.train_steps,
+    mean_bpd,
+    rate,
+    _format_duration((config.train_steps - step) / max(rate, 1e-9)),
+    float(metrics['learning_rate']),
+    float(metrics['grad_norm']),
+    int(trainer.nonfinite_total.numpy()),
+  )
+  with writer.as_default(step=step):
+    tf.summary.scalar('bits_per_dim', mean_bpd)
+    tf.summary.scalar('learning_rate', float(metrics['learning_rate']))
+    tf.summary.scalar('grad_norm', float(metrics['grad_norm']))
+    tf.summary.scalar('nonfinite_steps', int(trainer.nonfinite_total.numpy()))
+    tf.summary.scalar('steps_per_sec', rate)
+    for name, value in health.weight_health(trainer.flow).items():
+      tf.summary.scalar(f'health/{name}', value)
+
+
+def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> float:
+  test_bpd = trainer.evaluate()
+  logging.info('step %d: test bits/dim %.4f', step, test_bpd)
+  grids = [trainer.sample_grid(t) for t in trainer.config.temperatures]
+  x, label = next(
+    iter(data.eval_dataset(trainer.source, trainer.global_batch, trainer.config.seed))
+  )[:2]
+  with trainer.averaged_weights():
+    batch = health.batch_health(trainer.flow, x[:16], label[:16] if trainer.classifier else None)
+  sheet = images.labelled_rows(grids, [f'T={t:g}' for t in trainer.config.temperatures])
+  with writer.as_default(step=step):
+    tf.summary.scalar('bits_per_dim', test_bpd)
+    for name, value in batch.items():
+      tf.summary.scalar(f'health/{name}', value)
+    for temperature, grid in zip(trainer.config.temperatures, grids):
+      tf.summary.image(f'samples/temperature_{temperature:g}', grid[np.newaxis], step=step)
+    tf.summary.image('samples/all_temperatures', sheet[np.newaxis], step=step)
+  if trainer.is_chief:
+    paths = [os.path.join(trainer.model_dir, 'samples', f'step_{step:07d}.png')]
+    if final:
+      paths.append(os.path.join(trainer.model_dir, 'samples.png'))
+    for path in paths:
+      try:
+        images.write_png(path, sheet)
+      except rundir.WRITE_ERRORS as e:
+        raise ConfigError(f'cannot write {path!r} ({rundir.error_line(e)}).') from e
+  return test_bpd
