@@ -8,12 +8,10 @@ paper's attribute manipulation; on labelled data the attribute is a class pair,
 field of `glow_tf.tools.figures.FigureRequest` is a flag.
 """
 
-import os
-
 from absl import flags, logging
 
 from glow_tf import cli
-from glow_tf.tools import figures, runs
+from glow_tf.tools import figures
 
 FLAGS = flags.FLAGS
 
@@ -26,10 +24,9 @@ cli.define_config_flags(figures.FigureRequest, defaults=figures.FigureRequest())
 
 def sample() -> None:
   request = figures.FigureRequest(**cli.config_overrides(figures.FigureRequest))
-  output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, 'figures')
-  figures.check_output_dir(output_dir)
-  run = runs.load_run(FLAGS.model_dir, averaged=FLAGS.averaged)
-  paths, summary = figures.draw(run, request, output_dir)
+  output_dir, paths, summary = figures.draw_model_dir(
+    FLAGS.model_dir, request, FLAGS.output_dir, FLAGS.averaged
+  )
   print(f'{request.mode}: {summary}; wrote {len(paths)} PNG(s) to {output_dir}')
 
 

@@ -55,6 +55,19 @@ class FlowBijector(OneCallScope, tfb.Bijector):
   def _inverse_and_log_det(self, y, **kwargs):
     raise NotImplementedError(f'{type(self).__name__} must implement _inverse_and_log_det.')
 
+  def forward_and_log_det(self, x, **kwargs):
+    """`(forward(x), log|det J_forward|)` in one pass, as composites compute their parts.
+
+    No cache, name scope, dtype or event-shape check and no reduction: the log-det
+    is per event (or a scalar shared by every event). Use `forward` and
+    `forward_log_det_jacobian` for TFP's full contract.
+    """
+    return self._forward_and_log_det(x, **kwargs)
+
+  def inverse_and_log_det(self, y, **kwargs):
+    """`(inverse(y), log|det J_inverse|)` in one pass; see `forward_and_log_det`."""
+    return self._inverse_and_log_det(y, **kwargs)
+
   # The cache calls these two: one computation yields the value and its log-det.
   def _forward_with_ildj(self, x, **kwargs):
     self._check_event(x, self.forward_min_event_ndims, self.forward_event_shape, 'forward')
@@ -160,7 +173,7 @@ def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwarg
   `kwargs.get(part.name, {})`, an inversion passes them through.
   """
   if isinstance(bijector, FlowBijector):
-    return bijector._forward_and_log_det(x, **kwargs)  # pylint: disable=protected-access
+    return bijector.forward_and_log_det(x, **kwargs)
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     log_det = tf.zeros([], x.dtype)
     for part in reversed(bijector.bijectors):
@@ -180,7 +193,7 @@ def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwarg
 def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3, **kwargs):
   """`(bijector.inverse(y, **kwargs), its log-det)`, computed once; see `forward_and_log_det`."""
   if isinstance(bijector, FlowBijector):
-    return bijector._inverse_and_log_det(y, **kwargs)  # pylint: disable=protected-access
+    return bijector.inverse_and_log_det(y, **kwargs)
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     log_det = tf.zeros([], y.dtype)
     for part in bijector.bijectors:

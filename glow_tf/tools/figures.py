@@ -19,7 +19,7 @@ from glow_tf.errors import SampleError
 from glow_tf.model import images, sampling
 from glow_tf.tools import runs
 
-__all__ = ['MODES', 'FigureRequest', 'check_output_dir', 'draw']
+__all__ = ['MODES', 'FigureRequest', 'check_output_dir', 'draw', 'draw_model_dir']
 
 MODES = ('grid', 'reconstruct', 'interpolate', 'class', 'manipulate')
 # Requests are refused up front, not after minutes of work and a traceback, when a PNG
@@ -218,3 +218,22 @@ def draw(run: runs.Run, request: FigureRequest, output_dir: str):
     f'direction class {request.from_class} -> {request.to_class} from '
     f'{int(x_from.shape[0])} and {int(x_to.shape[0])} test images; alphas {alphas}'
   )
+
+
+def draw_model_dir(
+  model_dir: str, request: FigureRequest, output_dir: str | None = None, averaged: bool = True
+):
+  """Draws `request` for the run in `model_dir` into `output_dir` (default RUN/figures).
+
+  Returns:
+    `(output_dir, paths, one line of figures for the user)`.
+
+  Raises:
+    UserError: an output directory, run or request that cannot be used; nothing is
+      written then.
+  """
+  output_dir = output_dir or os.path.join(model_dir, 'figures')
+  check_output_dir(output_dir)
+  run = runs.load_run(model_dir, averaged=averaged)
+  paths, summary = draw(run, request, output_dir)
+  return output_dir, paths, summary

@@ -15,8 +15,8 @@ from glow_tf import configs
 from glow_tf.configs import option
 from glow_tf.errors import ConfigError
 from glow_tf.model.config import GlowConfig
-from glow_tf.training import data, distribute, optim
-from glow_tf.training.data import DataSource
+from glow_tf.training import distribute, optim
+from glow_tf.training.data import DataConfig, DataSource
 
 __all__ = ['DERIVED_MODEL_FIELDS', 'NOT_FLAGS', 'PRESETS', 'DataConfig', 'TrainConfig', 'sections']
 
@@ -25,45 +25,6 @@ __all__ = ['DERIVED_MODEL_FIELDS', 'NOT_FLAGS', 'PRESETS', 'DataConfig', 'TrainC
 DERIVED_MODEL_FIELDS = ('image_shape', 'num_classes', 'seed', 'dtype')
 # The same, as paths in a TrainConfig: the fields that get no flag.
 NOT_FLAGS = tuple(f'model.{name}' for name in DERIVED_MODEL_FIELDS)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Which dataset, and how its images become the model's input."""
-
-  dataset: str = option(
-    'digits',
-    '"digits" (embedded), a TFDS name (mnist, cifar10, celeb_a, ...), or "folder:PATH" '
-    'with PATH/train/<label>/*.png.',
-    identity=True,
-  )
-  data_dir: str | None = option(
-    None, 'TFDS data directory, or a prepared dataset version directory.'
-  )
-  download: bool = option(
-    False,
-    'Let TFDS download and prepare the dataset (needs internet). Off by default: an '
-    'unprepared dataset fails at once.',
-  )
-  image_size: int | None = option(
-    None, 'Centre-crop to square and resize to this size.', minimum=1, identity=True
-  )
-  n_bits: int | None = option(
-    None,
-    "Bits per value for 8-bit datasets (5 for the paper's CelebA-HQ).",
-    minimum=1,
-    maximum=8,
-    identity=True,
-  )
-  bad_files: str = option(
-    'skip',
-    'folder: datasets: skip unreadable, corrupt or wrong-mode files (counted and logged), '
-    'or fail up front listing them.',
-    choices=data.BAD_FILE_POLICIES,
-  )
-
-  def __post_init__(self):
-    configs.validate(self)
 
 
 def sections() -> dict[str, str | None]:

@@ -23,11 +23,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from glow_tf import configs
+from glow_tf.configs import option
 from glow_tf.errors import DataError
 from glow_tf.model.pixels import dequantize
 
 __all__ = [
   'BAD_FILE_POLICIES',
+  'DataConfig',
   'DataSource',
   'check_splits',
   'eval_dataset',
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 DIGITS = 'digits'
+BAD_FILE_POLICIES = ('skip', 'fail')
 FOLDER_PREFIX = 'folder:'
 # The embedded dataset: scikit-learn's 1,797 8x8 digits, values 0..16 (17 levels).
 # Fixed split: a RandomState(0) permutation; the first 1,497 train, the last 300 test.
@@ -71,6 +75,45 @@ class DataSource:
   image_shape: tuple[int, int, int]
   num_bins: int
   num_classes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which dataset, and how its images become the model's input."""
+
+  dataset: str = option(
+    'digits',
+    '"digits" (embedded), a TFDS name (mnist, cifar10, celeb_a, ...), or "folder:PATH" '
+    'with PATH/train/<label>/*.png.',
+    identity=True,
+  )
+  data_dir: str | None = option(
+    None, 'TFDS data directory, or a prepared dataset version directory.'
+  )
+  download: bool = option(
+    False,
+    'Let TFDS download and prepare the dataset (needs internet). Off by default: an '
+    'unprepared dataset fails at once.',
+  )
+  image_size: int | None = option(
+    None, 'Centre-crop to square and resize to this size.', minimum=1, identity=True
+  )
+  n_bits: int | None = option(
+    None,
+    "Bits per value for 8-bit datasets (5 for the paper's CelebA-HQ).",
+    minimum=1,
+    maximum=8,
+    identity=True,
+  )
+  bad_files: str = option(
+    'skip',
+    'folder: datasets: skip unreadable, corrupt or wrong-mode files (counted and logged), '
+    'or fail up front listing them.',
+    choices=BAD_FILE_POLICIES,
+  )
+
+  def __post_init__(self):
+    configs.validate(self)
 
 
 def digits_arrays():
@@ -246,7 +289,6 @@ def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
   return outcome[0] if outcome else f'no answer within {timeout:g} s'
 
 
-BAD_FILE_POLICIES = ('skip', 'fail')
 _LISTED = 20  # Bad files named in a message; the rest are counted.
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'  # Then IHDR: length, type, width, height, bit depth.
 
@@ -328,8 +370,6 @@ def _validated(files, ids, bad_files, root):
 
 
 def _load_folder(path, n_bits, image_size, bad_files) -> DataSource:
-  if bad_files not in BAD_FILE_POLICIES:
-    raise DataError(f'bad_files must be one of {BAD_FILE_POLICIES}; got {bad_files!r}.')
   if not os.path.isdir(path):
     raise DataError(f'image folder {path!r} does not exist or is not a directory.')
   subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
@@ -415,33 +455,41 @@ def load(
   Raises:
     DataError: for anything that makes the dataset unusable, with the reason.
   """
-  if n_bits is not None and not 1 <= n_bits <= 8:
-    raise DataError(f'n_bits must be in 1..8; got {n_bits}.')
-  if image_size is not None and image_size < 1:
-    raise DataError(f'image_size must be positive; got {image_size}.')
+  return load_config(
+    DataConfig(
+      dataset=dataset,
+      data_dir=data_dir,
+      download=download,
+      image_size=image_size,
+      n_bits=n_bits,
+      bad_files=bad_files,
+    )
+  )
+
+
+def load_config(config: DataConfig) -> DataSource:
+  """Loads the dataset `config` names (see `load` for what each field means).
+
+  Raises:
+    DataError: for anything that makes the dataset unusable, with the reason.
+  """
+  dataset, n_bits = config.dataset, config.n_bits
   if dataset == DIGITS:
-    source = _load_digits(n_bits, image_size)
+    source = _load_digits(n_bits, config.image_size)
   elif dataset.startswith(FOLDER_PREFIX):
     source = _load_folder(
-      dataset[len(FOLDER_PREFIX) :], 8 if n_bits is None else n_bits, image_size, bad_files
+      dataset[len(FOLDER_PREFIX) :],
+      8 if n_bits is None else n_bits,
+      config.image_size,
+      config.bad_files,
     )
   else:
-    source = _load_tfds(dataset, data_dir, download, 8 if n_bits is None else n_bits, image_size)
+    source = _load_tfds(
+      dataset, config.data_dir, config.download, 8 if n_bits is None else n_bits, config.image_size
+    )
   if source.num_train == 0:
     raise DataError(f'dataset {dataset!r} has no training images.')
   return source
-
-
-def load_config(config) -> DataSource:
-  """`load` with the fields of a `DataConfig` (`glow_tf.training.config`)."""
-  return load(
-    config.dataset,
-    config.data_dir,
-    config.download,
-    config.n_bits,
-    config.image_size,
-    config.bad_files,
-  )
 
 
 def check_splits(source: DataSource, global_batch: int) -> None:
@@ -497,11 +545,6 @@ def train_dataset(
   `strategy.distribute_datasets_from_function`), yields this worker's
   per-replica slices of the same global batches.
   """
-  if source.num_train < global_batch:
-    raise DataError(
-      f'the training split of {source.name!r} has {source.num_train} images, '
-      f'fewer than one global batch ({global_batch}).'
-    )
   examples = source.train.cache()
   buffer = min(shuffle_buffer, source.num_train)
 

@@ -113,9 +113,7 @@ class ExponentialMovingAverage(tf.Module):
 
   def __init__(self, variables: Sequence[tf.Variable], decay: float, name: str = 'ema'):
     super().__init__(name=name)
-    if not 0.0 <= decay < 1.0:
-      raise ValueError(f'ema_decay must be in [0, 1); got {decay!r}.')
-    self.decay = decay
+    self.decay = decay  # In [0, 1); TrainConfig.ema_decay checks it.
     self._variables = list(variables)
     with self.name_scope:
       self.averages = [tf.Variable(v, trainable=False, name='average') for v in self._variables]

@@ -144,19 +144,19 @@ def test_missing_folder_is_named(tmp_path):
 def test_split_smaller_than_a_batch_is_refused(tmp_path):
   source = data.load(f'folder:{write_folder(str(tmp_path / "images"))}')
   with pytest.raises(errors.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
-    data.train_dataset(source, 8, seed=0)
+    data.check_splits(source, 8)
 
 
 @pytest.mark.parametrize(
   'kwargs, match',
   [
-    (dict(n_bits=9), 'n_bits must be in 1..8; got 9'),
+    (dict(n_bits=9), 'n_bits must be in 1..8 or None; got 9'),
     (dict(n_bits=4), '--n_bits applies to 8-bit image datasets; digits has 17 levels'),
     (dict(image_size=16), 'digits are 8x8'),
   ],
 )
 def test_bad_arguments_are_named(kwargs, match):
-  with pytest.raises(errors.DataError, match=match):
+  with pytest.raises(errors.UserError, match=match):
     data.load('digits', **kwargs)
 
 
