@@ -20,12 +20,45 @@ __all__ = [
   'ZeroConv2D',
   'apply_to_images',
   'data_dependent_init',
+  'initializing',
+  'read',
+  'stand_ins',
 ]
 
 # Official Glow multiplies zero-initialised outputs by exp(3 * logs).
 LOGSCALE_FACTOR = 3.0
 
 _ddi = threading.local()
+_stand_ins = threading.local()
+
+
+@contextlib.contextmanager
+def stand_ins(variables, values):
+  """Within this context, layers compute with `values[i]` wherever they read `variables[i]`.
+
+  Every layer of glow_tf reads its weights through `read`, so a computation traced
+  once for one module serves any other module of the same structure: pass the
+  other's variable values as arguments and trace the first under `stand_ins` (as
+  Keras 3's `stateless_call`). `MultiScaleFlow` traces one flow step per level
+  this way and calls it K times.
+  """
+  variables, values = list(variables), list(values)
+  if len(variables) != len(values):
+    raise ValueError(
+      f'stand_ins needs one value per variable; got {len(values)} for {len(variables)}.'
+    )
+  previous = getattr(_stand_ins, 'values', None)
+  _stand_ins.values = {**(previous or {}), **{v.ref(): t for v, t in zip(variables, values)}}
+  try:
+    yield
+  finally:
+    _stand_ins.values = previous
+
+
+def read(variable):
+  """The value a layer computes with for `variable`: itself, or its stand-in (`stand_ins`)."""
+  values = getattr(_stand_ins, 'values', None)
+  return values.get(variable.ref(), variable) if values else variable
 
 
 @contextlib.contextmanager
@@ -47,6 +80,11 @@ def data_dependent_init():
     yield
   finally:
     _ddi.active = previous
+
+
+def initializing() -> bool:
+  """Whether ActNorms initialise on their inputs now (inside `data_dependent_init`)."""
+  return getattr(_ddi, 'active', False)
 
 
 def apply_to_images(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -76,16 +114,16 @@ class ActNormLayer(tf.Module):
       self.initialized = tf.Variable(False, trainable=False, name='initialized')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    if getattr(_ddi, 'active', False) and not self.is_initialized():
+    if initializing() and not self.is_initialized():
       self.initialize(x)
-    return x * tf.exp(self.log_scale) + self.shift
+    return x * tf.exp(read(self.log_scale)) + read(self.shift)
 
   def is_initialized(self) -> bool:
     """The flag's value, read eagerly (`bool()` of a distributed variable is always True)."""
     return bool(self.initialized.read_value().numpy())
 
   def inverse(self, y: tf.Tensor) -> tf.Tensor:
-    return (y - self.shift) * tf.exp(-self.log_scale)
+    return (y - read(self.shift)) * tf.exp(-read(self.log_scale))
 
   def initialize(self, x: tf.Tensor) -> None:
     """Sets scale and shift so that `self(x)` has per-channel mean 0 and std 1."""
@@ -176,7 +214,7 @@ class Conv2D(tf.Module):
 
   def __call__(self, x: tf.Tensor, scale=None) -> tf.Tensor:
     """conv(x); with `scale` (per output channel), conv(x) * scale, folded into the kernel."""
-    kernel = self.kernel if scale is None else self.kernel * scale
+    kernel = read(self.kernel) if scale is None else read(self.kernel) * scale
     return conv2d_same(x, kernel)
 
 
@@ -204,8 +242,8 @@ class ZeroConv2D(tf.Module):
       self.logs = tf.Variable(tf.zeros([out_channels], dtype), name='logs')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    scale = tf.exp(LOGSCALE_FACTOR * self.logs)  # Folded: conv(x, W * s) + b * s.
-    return tf.nn.bias_add(conv2d_same(x, self.kernel * scale), self.bias * scale)
+    scale = tf.exp(LOGSCALE_FACTOR * read(self.logs))  # Folded: conv(x, W * s) + b * s.
+    return tf.nn.bias_add(conv2d_same(x, read(self.kernel) * scale), read(self.bias) * scale)
 
 
 class CouplingNetwork(tf.Module):
@@ -241,9 +279,10 @@ class CouplingNetwork(tf.Module):
 def _conv_actnorm_relu(x, conv: Conv2D, actnorm: ActNormLayer):
   """relu(actnorm(conv(x))), with ActNorm's scale folded into the kernel:
   relu(conv(x, W * s) + b), one pass over the wide activation instead of three."""
-  if getattr(_ddi, 'active', False) and not actnorm.is_initialized():
+  if initializing() and not actnorm.is_initialized():
     actnorm.initialize(conv(x))
-  return tf.nn.relu(tf.nn.bias_add(conv(x, scale=tf.exp(actnorm.log_scale)), actnorm.shift))
+  scale, shift = tf.exp(read(actnorm.log_scale)), read(actnorm.shift)
+  return tf.nn.relu(tf.nn.bias_add(conv(x, scale=scale), shift))
 
 
 class ClassifierHead(tf.Module):
@@ -263,4 +302,6 @@ class ClassifierHead(tf.Module):
 
   def __call__(self, z_top: tf.Tensor) -> tf.Tensor:
     """Logits `[..., num_classes]` for a top latent `[..., h, w, c]`."""
-    return tf.linalg.matmul(tf.reduce_mean(z_top, axis=[-3, -2]), self.kernel) + self.bias
+    return tf.linalg.matmul(tf.reduce_mean(z_top, axis=[-3, -2]), read(self.kernel)) + read(
+      self.bias
+    )

@@ -5,6 +5,7 @@ from glow_tf.bijectors.additive_coupling import AdditiveCoupling
 from glow_tf.bijectors.affine_coupling import AffineCoupling
 from glow_tf.bijectors.call_cache import call_scope
 from glow_tf.bijectors.channel_permutation import ChannelPermutation
+from glow_tf.bijectors.compiled_steps import CompiledSteps
 from glow_tf.bijectors.flow_bijector import FlowBijector
 from glow_tf.bijectors.flow_chain import FlowChain
 from glow_tf.bijectors.invertible_conv1x1 import InvertibleConv1x1
@@ -19,6 +20,7 @@ __all__ = [
   'AdditiveCoupling',
   'AffineCoupling',
   'ChannelPermutation',
+  'CompiledSteps',
   'FlowBijector',
   'FlowChain',
   'InvertibleConv1x1',

@@ -74,7 +74,7 @@ class ActNorm(FlowBijector):
 
   def _log_det(self, x):
     height, width = ps.shape(x)[-3], ps.shape(x)[-2]
-    return tf.cast(height * width, x.dtype) * tf.reduce_sum(self._layer.log_scale)
+    return tf.cast(height * width, x.dtype) * tf.reduce_sum(nn.read(self._layer.log_scale))
 
   def _forward_and_log_det(self, x):
     return self._layer(x), self._log_det(x)

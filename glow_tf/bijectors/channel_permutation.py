@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 
 __all__ = ['ChannelPermutation']
@@ -72,10 +73,10 @@ class ChannelPermutation(FlowBijector):
     return self._permutation
 
   def _forward_and_log_det(self, x):
-    return tf.gather(x, self._permutation, axis=-1), tf.zeros([], x.dtype)
+    return tf.gather(x, nn.read(self._permutation), axis=-1), tf.zeros([], x.dtype)
 
   def _inverse_and_log_det(self, y):
-    inverse = tf.math.invert_permutation(self._permutation)
+    inverse = tf.math.invert_permutation(nn.read(self._permutation))
     return tf.gather(y, inverse, axis=-1), tf.zeros([], y.dtype)
 
   def _forward_event_shape(self, input_shape):

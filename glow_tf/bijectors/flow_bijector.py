@@ -55,6 +55,7 @@ class FlowBijector(OneCallScope, tfb.Bijector):
   def _inverse_and_log_det(self, y, **kwargs):
     raise NotImplementedError(f'{type(self).__name__} must implement _inverse_and_log_det.')
 
+  @tf.autograph.experimental.do_not_convert
   def forward_and_log_det(self, x, **kwargs):
     """`(forward(x), log|det J_forward|)` in one pass, as composites compute their parts.
 
@@ -64,6 +65,7 @@ class FlowBijector(OneCallScope, tfb.Bijector):
     """
     return self._forward_and_log_det(x, **kwargs)
 
+  @tf.autograph.experimental.do_not_convert
   def inverse_and_log_det(self, y, **kwargs):
     """`(inverse(y), log|det J_inverse|)` in one pass; see `forward_and_log_det`."""
     return self._inverse_and_log_det(y, **kwargs)
@@ -161,6 +163,7 @@ def check_flat_shape(bijector: tfb.Bijector, shape: tf.TensorShape, size: int) -
   return shape
 
 
+@tf.autograph.experimental.do_not_convert
 def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwargs):
   """`(bijector.forward(x, **kwargs), its log-det)`, computed once.
 
@@ -190,6 +193,7 @@ def forward_and_log_det(bijector: tfb.Bijector, x, event_ndims: int = 3, **kwarg
   )
 
 
+@tf.autograph.experimental.do_not_convert
 def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3, **kwargs):
   """`(bijector.inverse(y, **kwargs), its log-det)`, computed once; see `forward_and_log_det`."""
   if isinstance(bijector, FlowBijector):

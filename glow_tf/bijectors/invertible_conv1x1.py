@@ -102,11 +102,11 @@ class InvertibleConv1x1(FlowBijector):
     eye = np.eye(self._num_channels)
     strictly_lower = np.tril(np.ones_like(eye), -1)
     dtype = self._lower.dtype
-    lower = self._lower * tf.constant(strictly_lower, dtype) + tf.constant(eye, dtype)
-    upper = self._upper * tf.constant(strictly_lower.T, dtype) + tf.linalg.diag(
-      self._sign * tf.exp(self._log_s)
+    lower = nn.read(self._lower) * tf.constant(strictly_lower, dtype) + tf.constant(eye, dtype)
+    upper = nn.read(self._upper) * tf.constant(strictly_lower.T, dtype) + tf.linalg.diag(
+      nn.read(self._sign) * tf.exp(nn.read(self._log_s))
     )
-    return tf.convert_to_tensor(self._permutation), lower, upper
+    return tf.convert_to_tensor(nn.read(self._permutation)), lower, upper
 
   def weight(self) -> tf.Tensor:
     """The `[C, C]` matrix `W = P L (U + diag(s))`."""
@@ -121,7 +121,7 @@ class InvertibleConv1x1(FlowBijector):
 
   def _log_det(self, x):
     height, width = ps.shape(x)[-3], ps.shape(x)[-2]
-    return tf.cast(height * width, x.dtype) * tf.reduce_sum(self._log_s)
+    return tf.cast(height * width, x.dtype) * tf.reduce_sum(nn.read(self._log_s))
 
   def _forward_and_log_det(self, x):
     return apply_channel_matrix(x, self.weight()), self._log_det(x)

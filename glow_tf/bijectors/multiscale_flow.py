@@ -8,6 +8,8 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import chain as chain_lib
 from tensorflow_probability.python.internal import prefer_static as ps
 
+from glow_tf import nn
+from glow_tf.bijectors import compiled_steps as compiled_lib
 from glow_tf.bijectors.affine_coupling import split_channels
 from glow_tf.bijectors.flow_bijector import (
   FlowBijector,
@@ -61,6 +63,7 @@ class MultiScaleFlow(FlowBijector):
     split_priors: Sequence[tfb.Bijector],
     image_shape: Sequence[int],
     dtype=tf.float32,
+    compile_steps: bool = True,
     validate_args: bool = False,
     name: str = 'multiscale_flow',
   ):
@@ -73,6 +76,9 @@ class MultiScaleFlow(FlowBijector):
         of its input's channels (e.g. `SplitPrior`).
       image_shape: `(H, W, C)`.
       dtype: float dtype.
+      compile_steps: run each level's flow steps as one step traced once and called
+        K times (`CompiledSteps`) where they share one structure; False: every
+        layer traced on its own (the same values, a graph that grows with K).
       validate_args: TFP's flag.
       name: name of the bijector.
     """
@@ -84,6 +90,7 @@ class MultiScaleFlow(FlowBijector):
       )
     self._levels = list(levels)
     self._split_priors = list(split_priors)
+    self._compile_steps = compile_steps
     self._image_shape = tuple(int(d) for d in image_shape)
     self._latent_shapes = []
     shape = tf.TensorShape(self._image_shape)
@@ -140,6 +147,20 @@ class MultiScaleFlow(FlowBijector):
     """The flow steps of level `index`, in the order they apply: its parts but the squeeze."""
     return [part for part in self.level_parts(index) if not isinstance(part, Squeeze)]
 
+  def compiled_steps(self, index: int) -> compiled_lib.CompiledSteps | None:
+    """Level `index`'s flow steps traced once and called K times, or None (per layer).
+
+    None when `compile_steps` is off, when the steps differ in structure or are
+    not the trailing parts of the level, and during ActNorm's data-dependent
+    initialisation (which runs layer by layer, eagerly).
+    """
+    steps = self.steps(index)
+    parts = self.level_parts(index)
+    trailing = steps and all(a is b for a, b in zip(parts[-len(steps) :], steps))
+    if not self._compile_steps or nn.initializing() or not trailing:
+      return None
+    return compiled_lib.compiled_steps(self, index, steps)
+
   def stages(self) -> list[tuple[list[tfb.Bijector], tfb.Bijector | None]]:
     """Per level, image -> latent: `(its parts in order, the split prior after it or None)`."""
     priors = self._split_priors + [None]
@@ -179,9 +200,13 @@ class MultiScaleFlow(FlowBijector):
   def _forward_pass(self, x):
     h, log_det = x, tf.zeros([], x.dtype)
     latents = []
-    for parts, prior in self.stages():
-      for part in parts:
+    for index, (parts, prior) in enumerate(self.stages()):
+      compiled = self.compiled_steps(index)
+      for part in parts[: len(parts) - len(compiled.steps)] if compiled else parts:
         h, log_det = _forward(part, h, log_det)
+      if compiled:
+        h, steps_log_det = compiled.forward(h)
+        log_det += steps_log_det
       if prior is not None:
         h, log_det = _forward(prior, h, log_det)
         h, eps = split_channels(h)
@@ -191,10 +216,16 @@ class MultiScaleFlow(FlowBijector):
   def _inverse_pass(self, y):
     *factored, h = self.split_latents(y)
     log_det = tf.zeros([], y.dtype)
-    for (parts, prior), eps in reversed(list(zip(self.stages(), factored + [None]))):
+    for index, ((parts, prior), eps) in reversed(
+      list(enumerate(zip(self.stages(), factored + [None])))
+    ):
       if prior is not None:
         h, log_det = _inverse(prior, tf.concat([h, eps], axis=-1), log_det)
-      for part in reversed(parts):
+      compiled = self.compiled_steps(index)
+      if compiled:
+        h, steps_log_det = compiled.inverse(h)
+        log_det += steps_log_det
+      for part in reversed(parts[: len(parts) - len(compiled.steps)] if compiled else parts):
         h, log_det = _inverse(part, h, log_det)
     return h, log_det
 

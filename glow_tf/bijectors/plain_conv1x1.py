@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 from tensorflow_probability.python.internal import prefer_static as ps
 
+from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 from glow_tf.bijectors.invertible_conv1x1 import apply_channel_matrix, random_rotation
 
@@ -62,15 +63,15 @@ class PlainConv1x1(FlowBijector):
   def _log_det(self, x):
     height, width = ps.shape(x)[-3], ps.shape(x)[-2]
     log_abs_det = tf.reduce_sum(
-      tf.math.log(tf.abs(tf.linalg.diag_part(tf.linalg.qr(self._weight)[1])))
+      tf.math.log(tf.abs(tf.linalg.diag_part(tf.linalg.qr(nn.read(self._weight))[1])))
     )
     return tf.cast(height * width, x.dtype) * log_abs_det
 
   def _forward_and_log_det(self, x):
-    return apply_channel_matrix(x, self._weight), self._log_det(x)
+    return apply_channel_matrix(x, nn.read(self._weight)), self._log_det(x)
 
   def _inverse_and_log_det(self, y):
-    return apply_channel_matrix(y, tf.linalg.inv(self._weight)), -self._log_det(y)
+    return apply_channel_matrix(y, tf.linalg.inv(nn.read(self._weight))), -self._log_det(y)
 
   def _forward_event_shape(self, input_shape):
     return check_image_shape(self, input_shape, channels=self._num_channels)

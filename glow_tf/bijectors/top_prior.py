@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_flat_shape
 
 __all__ = ['TopPrior']
@@ -146,10 +147,10 @@ class TopPrior(FlowBijector):
     one_hot = self._one_hot(label)
     loc = log_scale = tf.zeros([self._top_shape[-1]], self.dtype)
     if self._loc is not None:
-      loc, log_scale = loc + self._loc, log_scale + self._log_scale
+      loc, log_scale = loc + nn.read(self._loc), log_scale + nn.read(self._log_scale)
     if one_hot is not None:
-      loc = loc + tf.tensordot(one_hot, self._class_loc, axes=1)
-      log_scale = log_scale + tf.tensordot(one_hot, self._class_log_scale, axes=1)
+      loc = loc + tf.tensordot(one_hot, nn.read(self._class_loc), axes=1)
+      log_scale = log_scale + tf.tensordot(one_hot, nn.read(self._class_log_scale), axes=1)
     return loc, log_scale
 
   def _flat(self, per_channel):

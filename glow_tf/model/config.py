@@ -31,6 +31,9 @@ class GlowConfig:
     permutation: 'conv1x1' (LU-parameterised), 'conv1x1_plain' (dense W),
       'shuffle' or 'reverse' (the paper's fixed permutations).
     learn_top: learn the mean and log-scale of the top latent's prior.
+    compile_steps: run each level's K flow steps as one step traced once and called
+      K times (`bijectors.CompiledSteps`); False traces every layer. Same values,
+      same variables and checkpoints either way.
     num_classes: if set, the top prior is class-conditional (TFP conditional
       kwargs `{'top_prior': {'label': y}}`).
     dtype: 'float32' or 'float64'.
@@ -51,6 +54,11 @@ class GlowConfig:
     identity=True,
   )
   learn_top: bool = option(True, 'Learn the prior of the top latent.', identity=True)
+  compile_steps: bool = option(
+    True,
+    'Trace one flow step per level and call it K times: start-up and the reversible '
+    "backward's memory stay flat in K. False traces every layer (same values).",
+  )
   num_classes: int | None = option(
     None, 'Classes of a class-conditional top prior (None: unconditional).', minimum=2
   )

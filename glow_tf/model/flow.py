@@ -143,7 +143,9 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
         if level < config.levels - 1:
           split_priors.append(gb.SplitPrior(channels, dtype=dtype))
           channels //= 2
-    encoder = gb.MultiScaleFlow(levels, split_priors, config.image_shape, dtype=dtype)
+    encoder = gb.MultiScaleFlow(
+      levels, split_priors, config.image_shape, dtype=dtype, compile_steps=config.compile_steps
+    )
     if config.learn_top or config.num_classes is not None:
       top_prior = gb.TopPrior(
         encoder.latent_size,

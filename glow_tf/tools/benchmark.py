@@ -223,7 +223,7 @@ def _train_step_fn(spec, flow, variables, recompute=False):
       loss = tf.reduce_mean(per_example(x))
     return loss, tape.gradient(loss, variables)
 
-  grads = tf.function(grads, jit_compile=spec.get('xla', False))
+  grads = tf.function(grads, jit_compile=spec.get('xla', False), autograph=False)
 
   def step(x):
     loss, g = grads(x)
@@ -273,7 +273,9 @@ def run_worker(spec):
     return _mirrored(spec, x)
   flow, variables = _build(spec, x)
   results = dict(params=int(sum(np.prod(v.shape) for v in variables)))
-  step = tf.function(_train_step_fn(spec, flow, variables, recompute=spec.get('recompute', False)))
+  step = tf.function(
+    _train_step_fn(spec, flow, variables, recompute=spec.get('recompute', False)), autograph=False
+  )
   start = time.perf_counter()
   _block(step(x))
   results['first_step_s'] = time.perf_counter() - start
@@ -287,13 +289,13 @@ def run_worker(spec):
     results.update(rss_before_mib=before, peak_rss_mib=peak, step_mib=peak - before)
     return results
   results['train_img_s'] = [shape.batch_size / t for t in _timed(lambda: step(x), repeats, steps)]
-  log_prob = tf.function(flow.log_prob)
+  log_prob = tf.function(flow.log_prob, autograph=False)
   _block(log_prob(x))
   results['log_prob_img_s'] = [
     shape.batch_size / t for t in _timed(lambda: log_prob(x), repeats, steps)
   ]
   warm = _with_temperature(spec, flow)
-  sample = tf.function(lambda seed: warm.sample(shape.batch_size, seed=seed))
+  sample = tf.function(lambda seed: warm.sample(shape.batch_size, seed=seed), autograph=False)
   seed = tf.constant([1, 2])
   _block(sample(seed))
   results['sample_img_s'] = [

@@ -55,11 +55,13 @@ class GlowServing(tf.Module):
       tf.TensorSpec([], tf.float32, name='temperature'),
       tf.TensorSpec([], tf.int64, name='seed'),
     ]
-    self.log_prob = tf.function(self._log_prob, input_signature=[images, *label])
-    self.log_prob_float = tf.function(self._log_prob_float, input_signature=[floats, *label])
-    self.sample = tf.function(self._sample, input_signature=[*sample_spec, *label])
-    self.encode = tf.function(self._encode, input_signature=[images, *label])
-    self.decode = tf.function(self._decode, input_signature=[*latents, *label])
+    self.log_prob = tf.function(self._log_prob, input_signature=[images, *label], autograph=False)
+    self.log_prob_float = tf.function(
+      self._log_prob_float, input_signature=[floats, *label], autograph=False
+    )
+    self.sample = tf.function(self._sample, input_signature=[*sample_spec, *label], autograph=False)
+    self.encode = tf.function(self._encode, input_signature=[images, *label], autograph=False)
+    self.decode = tf.function(self._decode, input_signature=[*latents, *label], autograph=False)
 
   def _checked(self, images, name):
     """`images` with its static shape set, or an InvalidArgumentError naming both shapes."""
@@ -140,7 +142,7 @@ class GlowServing(tf.Module):
       images = tf.reshape(images, tf.stack([batch, *self._image_shape]))
       return self._scores(pixels.centre(images, self._num_bins), None)
 
-    scores = tf.function(scores)
+    scores = tf.function(scores, autograph=False)
     concrete = scores.get_concrete_function(
       tf.TensorSpec([None, *self._image_shape], tf.uint8, name='images')
     )

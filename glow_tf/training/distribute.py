@@ -1,5 +1,6 @@
 """Where training runs: one device, MirroredStrategy, or MultiWorkerMirroredStrategy."""
 
+import contextlib
 import json
 import os
 
@@ -7,7 +8,15 @@ import tensorflow as tf
 
 from glow_tf.errors import ConfigError
 
-__all__ = ['STRATEGIES', 'check_tf_config', 'configure_cpu_devices', 'is_chief', 'make_strategy']
+__all__ = [
+  'STRATEGIES',
+  'check_tf_config',
+  'configure_cpu_devices',
+  'graph_optimizer',
+  'graph_optimizer_enabled',
+  'is_chief',
+  'make_strategy',
+]
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
@@ -85,3 +94,26 @@ def configure_cpu_devices(count: int) -> None:
   tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices('CPU')[0], [tf.config.LogicalDeviceConfiguration()] * count
   )
+
+
+def graph_optimizer_enabled(setting: str) -> bool:
+  """'on', 'off', or 'auto': on where a GPU is visible (TensorFlow's default), off on CPUs."""
+  if setting == 'auto':
+    return bool(tf.config.list_physical_devices('GPU'))
+  return setting == 'on'
+
+
+@contextlib.contextmanager
+def graph_optimizer(enabled: bool):
+  """Within this context, functions run with grappler on or off; then as they were.
+
+  Grappler's options are process-wide; setting them only around training's own
+  calls leaves every other function of the process as the user configured it. The
+  same setting at every call keeps each function's one instantiation.
+  """
+  previous = tf.config.optimizer.get_experimental_options().get('disable_meta_optimizer', False)
+  tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': not enabled})
+  try:
+    yield
+  finally:
+    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': previous})

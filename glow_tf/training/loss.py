@@ -38,6 +38,7 @@ class Loss:
   num_bins: int
   class_loss_weight: float = 0.0
 
+  @tf.autograph.experimental.do_not_convert
   def __call__(self, flow, classifier: nn.ClassifierHead | None, x, label=None):
     """`(loss, bits/dim)`, each `[B]`, of images `x` `[B, H, W, C]`."""
     latent, log_det = forward_and_log_det(flow.multiscale, x)
@@ -47,6 +48,7 @@ class Loss:
     """The paper's bits/dim of data whose dequantised density is `log_prob` (nats)."""
     return flow_lib.bits_per_dim(log_prob, num_dims, self.num_bins)
 
+  @tf.autograph.experimental.do_not_convert
   def from_latent(self, flow, classifier, latent, log_det, label=None):
     """`(loss, bits/dim)` from the flat output of `flow.multiscale` and its log-det `[B]`."""
     z, top_log_det = latent, tf.zeros([], latent.dtype)

@@ -4,13 +4,16 @@ Under a strategy, every replica receives the same all-reduced gradients and
 applies the same fused update to its own copy of each variable (through the
 variable's local handle), so the copies stay identical without a merge or a
 broadcast per variable. A step runs only when the caller says it is finite: the
-whole update sits in one `tf.cond`, so a skipped step leaves parameters,
-moments and averages exactly as they were.
+update of each group of variables sits in a `tf.cond` inside its traced
+function, so a skipped step leaves parameters, moments and averages exactly as
+they were.
 """
 
 from collections.abc import Sequence
 
 import tensorflow as tf
+
+from glow_tf.tracing import SharedTrace
 
 __all__ = [
   'ExponentialMovingAverage',
@@ -46,6 +49,19 @@ def global_norm_clip(grads: Sequence[tf.Tensor], clip_norm: float):
   return [g * scale for g in grads], norm
 
 
+def _groups(groups, count: int) -> list[list[int]]:
+  """Index groups covering `range(count)` once each (default: one group of all)."""
+  if groups is None:
+    return [list(range(count))]
+  groups = [list(g) for g in groups if len(g)]
+  indices = sorted(i for g in groups for i in g)
+  if indices != list(range(count)):
+    raise ValueError(
+      f'variable groups must cover each of the {count} variables once; got {groups}.'
+    )
+  return groups
+
+
 class Optimizer(tf.Module):
   """Adam or Adamax (Kingma & Ba, 2015), TensorFlow's fused kernels.
 
@@ -55,7 +71,10 @@ class Optimizer(tf.Module):
   adamax:  v = max(b2 v, |g|);        p -= lr/(1 - b1^t) * m / (v + eps)
   ```
 
-  Adamax is the official Glow code's default.
+  Adamax is the official Glow code's default. `groups` (lists of indices into
+  `variables`) are updated by one traced function each; groups of the same shapes
+  (a deep flow's steps) share its trace, so the update's graph does not grow with
+  the depth.
   """
 
   def __init__(
@@ -65,6 +84,7 @@ class Optimizer(tf.Module):
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-8,
+    groups: Sequence[Sequence[int]] | None = None,
     name: str = 'optimizer',
   ):
     super().__init__(name=name)
@@ -72,6 +92,8 @@ class Optimizer(tf.Module):
       raise ValueError(f'optimizer must be one of {OPTIMIZERS}; got {kind!r}.')
     self.kind, self.beta_1, self.beta_2, self.epsilon = kind, beta_1, beta_2, epsilon
     self._variables = list(variables)
+    self._groups = _groups(groups, len(self._variables))
+    self._apply_group = SharedTrace(self._apply_handles, 'apply_group')
     with self.name_scope:
       self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name='iterations')
       self.first_moments = [
@@ -86,35 +108,73 @@ class Optimizer(tf.Module):
     """The variables this optimiser updates, in the order `apply` takes their gradients."""
     return list(self._variables)
 
-  def apply(self, grads: Sequence[tf.Tensor], learning_rate) -> None:
-    """One step with `grads` at `learning_rate` (call it inside the caller's finite-check)."""
+  def _scalars(self, learning_rate, dtype) -> dict[str, tf.Tensor]:
     t = tf.cast(self.iterations.read_value() + 1, tf.float32)
+    scalars = dict(
+      beta1_power=tf.pow(self.beta_1, t),
+      lr=learning_rate,
+      beta1=self.beta_1,
+      beta2=self.beta_2,
+      epsilon=self.epsilon,
+    )
+    if self.kind == 'adam':
+      scalars['beta2_power'] = tf.pow(self.beta_2, t)
+    return {k: tf.cast(v, dtype) for k, v in scalars.items()}
+
+  def _apply_handles(self, handles, ms, vs, grads, scalars, apply_if):
+    apply_op = (
+      tf.raw_ops.ResourceApplyAdam if self.kind == 'adam' else tf.raw_ops.ResourceApplyAdaMax
+    )
+
+    def apply():
+      for var, m, v, grad in zip(handles, ms, vs, grads):
+        apply_op(var=var, m=m, v=v, grad=grad, **scalars)
+      return tf.constant(True)
+
+    return tf.cond(apply_if, apply, lambda: tf.constant(False))
+
+  def apply(self, grads: Sequence[tf.Tensor], learning_rate, apply_if=True) -> None:
+    """One step with `grads` at `learning_rate`, if `apply_if` (a bool tensor) holds.
+
+    A step not applied leaves variables, moments and the step count exactly as they
+    were. The condition is decided inside each group's traced update, so the
+    caller's graph holds no branch over every variable.
+    """
+    apply_if = tf.convert_to_tensor(apply_if, tf.bool)
     scalars = {}  # Per dtype, computed once for every variable of the step.
-    for var, grad, m, v in zip(self._variables, grads, self.first_moments, self.second_moments):
-      if var.dtype not in scalars:
-        cast = lambda value, dtype=var.dtype: tf.cast(value, dtype)
-        scalars[var.dtype] = dict(
-          beta1_power=cast(tf.pow(self.beta_1, t)),
-          lr=cast(learning_rate),
-          beta1=cast(self.beta_1),
-          beta2=cast(self.beta_2),
-          epsilon=cast(self.epsilon),
-          **({'beta2_power': cast(tf.pow(self.beta_2, t))} if self.kind == 'adam' else {}),
-        )
-      apply_op = (
-        tf.raw_ops.ResourceApplyAdam if self.kind == 'adam' else tf.raw_ops.ResourceApplyAdaMax
+    for group in self._groups:
+      dtype = self._variables[group[0]].dtype
+      if dtype not in scalars:
+        scalars[dtype] = self._scalars(learning_rate, dtype)
+      self._apply_group(
+        [self._variables[i].handle for i in group],
+        [self.first_moments[i].handle for i in group],
+        [self.second_moments[i].handle for i in group],
+        [tf.convert_to_tensor(grads[i]) for i in group],
+        scalars[dtype],
+        apply_if,
       )
-      apply_op(var=var.handle, m=m.handle, v=v.handle, grad=grad, **scalars[var.dtype])
-    local_assign_add(self.iterations, 1)
+    local_assign_add(self.iterations, tf.cast(apply_if, tf.int64))
 
 
 class ExponentialMovingAverage(tf.Module):
-  """Polyak averages of variables; `swap()` puts them in place for evaluation and export."""
+  """Polyak averages of variables; `swap()` puts them in place for evaluation and export.
 
-  def __init__(self, variables: Sequence[tf.Variable], decay: float, name: str = 'ema'):
+  `groups` as for `Optimizer`: each is updated by one traced function.
+  """
+
+  def __init__(
+    self,
+    variables: Sequence[tf.Variable],
+    decay: float,
+    groups: Sequence[Sequence[int]] | None = None,
+    name: str = 'ema',
+  ):
     super().__init__(name=name)
     self.decay = decay  # In [0, 1); TrainConfig.ema_decay checks it.
     self._variables = list(variables)
+    self._groups = _groups(groups, len(self._variables))
+    self._update_group = SharedTrace(self._update_handles, 'update_group')
     with self.name_scope:
       self.averages = [tf.Variable(v, trainable=False, name='average') for v in self._variables]
 
@@ -123,11 +183,31 @@ class ExponentialMovingAverage(tf.Module):
     for average, var in zip(self.averages, self._variables):
       average.assign(var)
 
-  def update(self) -> None:
-    """`average -= (1 - decay) * (average - variable)` on this replica's copies."""
-    for average, var in zip(self.averages, self._variables):
-      delta = (1.0 - self.decay) * (average.read_value() - var.read_value())
-      tf.raw_ops.AssignSubVariableOp(resource=average.handle, value=delta)
+  def _update_handles(self, averages, variables, dtype, shapes, apply_if):
+    del shapes  # In the signature only: one trace per group of these shapes.
+
+    def update():
+      for average, var in zip(averages, variables):
+        delta = (1.0 - self.decay) * (
+          tf.raw_ops.ReadVariableOp(resource=average, dtype=dtype)
+          - tf.raw_ops.ReadVariableOp(resource=var, dtype=dtype)
+        )
+        tf.raw_ops.AssignSubVariableOp(resource=average, value=delta)
+      return tf.constant(True)
+
+    return tf.cond(apply_if, update, lambda: tf.constant(False))
+
+  def update(self, apply_if=True) -> None:
+    """`average -= (1 - decay) * (average - variable)` on this replica's copies, if `apply_if`."""
+    apply_if = tf.convert_to_tensor(apply_if, tf.bool)
+    for group in self._groups:
+      self._update_group(
+        [self.averages[i].handle for i in group],
+        [self._variables[i].handle for i in group],
+        self._variables[group[0]].dtype,
+        tuple(tuple(self._variables[i].shape.as_list()) for i in group),
+        apply_if,
+      )
 
   def swap(self) -> None:
     """Exchanges variables and averages (call twice to undo); in cross-replica context."""

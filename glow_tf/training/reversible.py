@@ -14,9 +14,11 @@ instead:
         d h_{k-1}, d w_k = grad(h_k', ldj_k; seeds d h_k, d loss / d ldj_k)
 
 Memory is then one part's activations whatever the depth, for roughly one more
-forward pass of compute. The rebuilt inputs differ from the stored ones by
-float rounding, so the gradients agree with ordinary backprop to ~1e-5 relative
-in float32 (checked in tests/reversible_test.py).
+forward pass of compute. A level's flow steps go through `CompiledSteps.backward`
+(one step traced once, called K times), so the trace too stays flat in depth.
+The rebuilt inputs differ from the stored ones by float rounding, so the
+gradients agree with ordinary backprop to ~1e-5 relative in float32 (checked in
+tests/training/reversible_test.py).
 """
 
 from collections.abc import Sequence
@@ -66,6 +68,7 @@ def _backprop(part, y, dy, d_log_det, grads, after=()):
   return x, results[0], [g for g in results if g is not None]
 
 
+@tf.autograph.experimental.do_not_convert
 def loss_and_gradients(
   flow,
   x: tf.Tensor,
@@ -102,10 +105,14 @@ def loss_and_gradients(
   # Forward, no tape: only the factored-out latents and the top latent are kept.
   h, log_det = x, tf.zeros([batch_size], x.dtype)
   factored = []
-  for parts, prior in multiscale.stages():
-    for part in parts:
+  for index, (parts, prior) in enumerate(multiscale.stages()):
+    compiled = multiscale.compiled_steps(index)
+    for part in parts[: len(parts) - len(compiled.steps)] if compiled else parts:
       h, part_log_det = forward_and_log_det(part, h)
       log_det += part_log_det
+    if compiled:
+      h, steps_log_det = compiled.forward(h)
+      log_det += steps_log_det
     if prior is not None:
       h, part_log_det = forward_and_log_det(prior, h)
       log_det += part_log_det
@@ -133,12 +140,15 @@ def loss_and_gradients(
 
   # Backward: rebuild each part's input from its output, one part at a time.
   done = []
-  for (parts, prior), eps, d_eps in reversed(
-    list(zip(multiscale.stages(), factored + [None], list(d_factored) + [None]))
+  for index, ((parts, prior), eps, d_eps) in reversed(
+    list(enumerate(zip(multiscale.stages(), factored + [None], list(d_factored) + [None])))
   ):
     if prior is not None:
       y, dy = tf.concat([h, eps], axis=-1), tf.concat([dh, d_eps], axis=-1)
       h, dh, done = _backprop(prior, y, dy, d_log_det, grads, done)
-    for part in reversed(parts):
+    compiled = multiscale.compiled_steps(index)
+    if compiled:  # The K steps, one traced step's activations at a time.
+      h, dh, done = compiled.backward(h, dh, d_log_det, grads, done)
+    for part in reversed(parts[: len(parts) - len(compiled.steps)] if compiled else parts):
       h, dh, done = _backprop(part, h, dh, d_log_det, grads, done)
-  return losses, bpd, [grads.get(v.ref(), tf.zeros_like(v)) for v in variables]
+  return losses, bpd, [grads[v.ref()] if v.ref() in grads else tf.zeros_like(v) for v in variables]

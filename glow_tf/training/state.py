@@ -15,6 +15,20 @@ tfd = tfp.distributions
 __all__ = ['TrainState']
 
 
+def _step_groups(flow, variables) -> list[list[int]]:
+  """Indices of `variables` by flow step, then the rest: the optimiser's and the averages'
+  updates, traced once per step structure, then stay flat in depth."""
+  index = {v.ref(): i for i, v in enumerate(variables)}
+  multiscale = flow.multiscale
+  groups = [
+    [index[v.ref()] for v in step.trainable_variables]
+    for level in range(len(multiscale.levels))
+    for step in multiscale.steps(level)
+  ]
+  grouped = {i for group in groups for i in group}
+  return groups + [[i for i in range(len(variables)) if i not in grouped]]
+
+
 @dataclasses.dataclass
 class TrainState:
   """The model and everything training keeps about it, as one checkpoint.
@@ -48,11 +62,12 @@ class TrainState:
     variables = list(flow.trainable_variables)
     if classifier is not None:
       variables += list(classifier.trainable_variables)
+    groups = _step_groups(flow, variables)
     return cls(
       flow=flow,
       classifier=classifier,
-      optimizer=optim.Optimizer(variables, kind=optimizer),
-      ema=optim.ExponentialMovingAverage(variables, ema_decay),
+      optimizer=optim.Optimizer(variables, kind=optimizer, groups=groups),
+      ema=optim.ExponentialMovingAverage(variables, ema_decay, groups=groups),
       step=tf.Variable(0, dtype=tf.int64, trainable=False, name='step'),
       nonfinite_total=tf.Variable(0, dtype=tf.int64, trainable=False, name='nonfinite'),
       nonfinite_streak=tf.Variable(0, dtype=tf.int64, trainable=False, name='streak'),

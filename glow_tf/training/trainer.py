@@ -94,10 +94,19 @@ class Trainer:
     self.variables = self.state.variables
     self.checkpoint = self.state.checkpoint()
     self.loss = Loss(source.num_bins, config.class_loss_weight)
+    self._grappler = distribute.graph_optimizer_enabled(config.graph_optimizer)
     self._manager = None
-    self._compute_grads = tf.function(self._grads_and_metrics, jit_compile=config.jit_compile)
-    self._train_step = tf.function(self._distributed_train_step)
-    self._eval_step = tf.function(self._distributed_eval_step)
+    # autograph=False: glow_tf's code is graph-ready Python (static loops only), and
+    # converting it would cost seconds of every trace for nothing.
+    # Its own (XLA-compiled) function only with jit_compile: a nested function would
+    # capture every variable a second time.
+    self._compute_grads = (
+      tf.function(self._grads_and_metrics, jit_compile=True, autograph=False)
+      if config.jit_compile
+      else self._grads_and_metrics
+    )
+    self._train_step = tf.function(self._distributed_train_step, autograph=False)
+    self._eval_step = tf.function(self._distributed_eval_step, autograph=False)
 
   # ---- state -----------------------------------------------------------------------------
 
@@ -200,21 +209,21 @@ class Trainer:
     grads = tape.gradient(scaled, self.variables)
     return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
 
+  def _all_reduce(self, values):
+    """Sums `values` over replicas (one replica: they are the sums already)."""
+    if self.num_replicas == 1:
+      return values
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
+
   def _replica_train_step(self, x, label):
-    context = tf.distribute.get_replica_context()
     grads, loss_sum, bpd_sum = self._compute_grads(x, label)
-    grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-    loss_sum, bpd_sum = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss_sum, bpd_sum])
+    grads = self._all_reduce(grads)
+    loss_sum, bpd_sum = self._all_reduce([loss_sum, bpd_sum])
     grads, grad_norm = optim.global_norm_clip(grads, self.config.grad_clip_norm)
     finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss_sum)
     learning_rate = self.learning_rate(self.step.read_value())
-
-    def apply():
-      self.optimizer.apply(grads, learning_rate)
-      self.ema.update()
-      return tf.constant(True)
-
-    tf.cond(finite, apply, lambda: tf.constant(False))
+    self.optimizer.apply(grads, learning_rate, apply_if=finite)
+    self.ema.update(apply_if=finite)
     # Counters: every replica computes the same values from the same all-reduced sums.
     optim.local_assign_add(self.step, 1)
     nonfinite = tf.cast(tf.logical_not(finite), tf.int64)
@@ -239,7 +248,8 @@ class Trainer:
 
   def train_step(self, iterator) -> dict[str, float]:
     """One step on the next batch of a distributed iterator; returns its metrics."""
-    return {k: v.numpy() for k, v in self._train_step(iterator).items()}
+    with distribute.graph_optimizer(self._grappler):
+      return {k: v.numpy() for k, v in self._train_step(iterator).items()}
 
   def distribute(self, dataset_fn):
     """`dataset_fn(input_context)` -> per-replica batches, distributed over the strategy."""
@@ -255,10 +265,8 @@ class Trainer:
     )
 
   def _replica_eval_step(self, x, label, weight):
-    context = tf.distribute.get_replica_context()
     _, bpd = self.loss(self.flow, self.classifier, x, self._label(label))
-    sums = [tf.reduce_sum(weight * bpd), tf.reduce_sum(weight)]
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    return self._all_reduce([tf.reduce_sum(weight * bpd), tf.reduce_sum(weight)])
 
   def _distributed_eval_step(self, batch):
     sums = self.strategy.run(self._replica_eval_step, args=batch)
@@ -272,7 +280,8 @@ class Trainer:
     total, count = 0.0, 0.0
     with self.averaged_weights():
       for batch in dataset:
-        bpd_sum, weight_sum = self._eval_step(batch)
+        with distribute.graph_optimizer(self._grappler):
+          bpd_sum, weight_sum = self._eval_step(batch)
         total, count = total + float(bpd_sum), count + float(weight_sum)
     return total / count
 

@@ -182,7 +182,9 @@ def test_log_prob_of_samples_uses_no_stale_cache():
 
 
 def test_log_prob_graph_runs_each_network_once():
-  config = glow_tf.GlowConfig(**TINY)
+  # Per layer: every read in one graph (the compiled steps' test is in
+  # tests/bijectors/compiled_steps_test.py).
+  config = glow_tf.GlowConfig(**TINY, compile_steps=False)
   flow = glow_tf.build_glow(config)
   # A known batch size: with an unknown one the flow runs inside a tf.cond (see
   # MultiScaleFlow._unless_empty), whose branch graph holds the reads.

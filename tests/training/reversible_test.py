@@ -24,6 +24,11 @@ def images(batch, dtype=np.float32):
     ({}, 'float32', 2e-3),
     ({'coupling': 'additive', 'permutation': 'shuffle', 'learn_top': False}, 'float64', 1e-8),
     ({'num_classes': 3}, 'float64', 1e-8),
+    # Several depths through the compiled steps, and the per-layer path.
+    ({'depth': 1}, 'float64', 1e-8),
+    ({'depth': 6, 'levels': 1}, 'float64', 1e-8),
+    ({'depth': 6, 'levels': 1}, 'float32', 2e-3),
+    ({'compile_steps': False}, 'float64', 1e-8),
   ],
 )
 def test_matches_ordinary_backprop(overrides, dtype, rtol):

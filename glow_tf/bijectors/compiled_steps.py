@@ -1,0 +1,157 @@
+"""CompiledSteps: a level's K flow steps, traced once and called K times.
+
+Tracing a deep flow step by step makes a graph whose size, trace time and
+start-up time grow with the depth K (3 x 32 steps in the paper's CIFAR-10
+model). But the K steps of a level are one computation with K sets of weights:
+every glow_tf layer reads its weights through `nn.read`, so one step traced
+under `nn.stand_ins` serves them all, each call taking that step's variables'
+values as arguments. The trace, and the graph optimisation before the first
+run, are then those of one step per level, whatever K.
+
+The traced functions are `SharedTrace`s: called as concrete functions and not
+inlined into their caller.
+"""
+
+import weakref
+
+import tensorflow as tf
+
+from glow_tf import nn
+from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
+from glow_tf.tracing import SharedTrace
+
+__all__ = ['CompiledSteps']
+
+
+def _signature(step) -> tuple:
+  """What must match for two steps to share one trace: layer types and variable specs."""
+  parts = step.bijectors if hasattr(step, 'bijectors') else [step]
+  return (
+    tuple(type(p).__name__ for p in parts),
+    tuple((tuple(v.shape.as_list()), v.dtype.name, v.trainable) for v in step.variables),
+  )
+
+
+class CompiledSteps:
+  """The flow steps of one level as three functions traced once: forward, inverse, backward.
+
+  ```none
+  forward(x):  for k in 0 .. K-1:  x, ld_k = step(x; weights_k)      -> (x, sum ld_k)
+  inverse(y):  for k in K-1 .. 0:  y, ld_k = step^-1(y; weights_k)   -> (y, sum ld_k)
+  backward(y, dy, d_log_det): the reversible backward pass through the K steps,
+      each step's input rebuilt from its output, then its gradients taken
+  ```
+
+  Log-dets are per example, `[...]` (the batch shape). Use `CompiledSteps.of(steps)`,
+  which returns None for steps that do not share one structure.
+  """
+
+  def __init__(self, steps):
+    self._steps = list(steps)
+    self._template = self._steps[0]
+    self._step_variables = [list(step.variables) for step in self._steps]  # Walked once.
+    self._variables = self._step_variables[0]
+    self._trainable = [i for i, v in enumerate(self._variables) if v.trainable]
+    self._forward = SharedTrace(self._forward_one)
+    self._inverse = SharedTrace(self._inverse_one)
+    self._backward = SharedTrace(self._backward_one)
+
+  @classmethod
+  def of(cls, steps) -> 'CompiledSteps | None':
+    """Steps sharing one structure as `CompiledSteps`, or None if they do not."""
+    steps = list(steps)
+    if not steps or len({_signature(s) for s in steps}) != 1:
+      return None
+    return cls(steps)
+
+  @property
+  def steps(self) -> list:
+    return list(self._steps)
+
+  def _values(self, k: int) -> list[tf.Variable]:
+    """Step `k`'s variables: the arguments of its call.
+
+    Passed as variables, not values: the call then reads them itself, and the
+    caller's graph holds one call per step instead of a read per variable per step.
+    """
+    return self._step_variables[k]
+
+  def _per_example(self, log_det, x, event_ndims=3):
+    return log_det + tf.zeros(tf.shape(x)[: x.shape.rank - event_ndims], x.dtype)
+
+  def _forward_one(self, x, values):
+    with nn.stand_ins(self._variables, values):
+      y, log_det = forward_and_log_det(self._template, x)
+    return y, self._per_example(log_det, x)
+
+  def _inverse_one(self, y, values):
+    with nn.stand_ins(self._variables, values):
+      x, log_det = inverse_and_log_det(self._template, y)
+    return x, self._per_example(log_det, y)
+
+  def _backward_one(self, y, dy, d_log_det, values):
+    """Rebuilds the step's input from `y`; returns it, its gradient and the weights'."""
+    x, _ = self._inverse_one(y, values)
+    x = tf.stop_gradient(x)
+    trained = [values[i] for i in self._trainable]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+      tape.watch(x)
+      tape.watch(trained)
+      y_again, log_det = self._forward_one(x, values)
+    grads = tape.gradient(
+      [y_again, log_det],
+      [x, *trained],
+      output_gradients=[dy, d_log_det],
+      unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+    return x, grads[0], grads[1:]
+
+  def forward(self, x):
+    """`(y, log_det)` of every step in order, log-det per example."""
+    log_det = tf.zeros([], x.dtype)
+    for k in range(len(self._steps)):
+      x, step_log_det = self._forward(x, self._values(k))
+      log_det += step_log_det
+    return x, log_det
+
+  def inverse(self, y):
+    """`(x, log_det)` of every step's inverse, last step first."""
+    log_det = tf.zeros([], y.dtype)
+    for k in reversed(range(len(self._steps))):
+      y, step_log_det = self._inverse(y, self._values(k))
+      log_det += step_log_det
+    return y, log_det
+
+  def backward(self, y, dy, d_log_det, grads: dict, after=()):
+    """Backpropagates `dy` (and `d_log_det` per example) from the last step to the first.
+
+    Each step's input is rebuilt from its output, so no step's activations are
+    kept beyond its own call. Adds every trained variable's gradient to `grads`
+    (keyed by `variable.ref()`); returns `(x, dx, done)`, `done` being tensors the
+    next part's rebuild waits on.
+    """
+    for k in reversed(range(len(self._steps))):
+      with tf.control_dependencies([dy, *after]):
+        y = tf.identity(y)
+      y, dy, step_grads = self._backward(y, dy, d_log_det, self._values(k))
+      variables = self._step_variables[k]
+      for i, grad in zip(self._trainable, step_grads):
+        key = variables[i].ref()
+        grads[key] = grad if key not in grads else grads[key] + grad
+      after = [dy, *step_grads]
+    return y, dy, list(after)
+
+  def tracing_count(self) -> int:
+    """How many times the three functions were traced (one step each, whatever K)."""
+    return sum(fn.tracing_count() for fn in (self._forward, self._inverse, self._backward))
+
+
+_CACHE = weakref.WeakKeyDictionary()
+
+
+def compiled_steps(owner, index: int, steps) -> CompiledSteps | None:
+  """The `CompiledSteps` of `owner`'s level `index` (built once), or None if not compilable."""
+  per_owner = _CACHE.setdefault(owner, {})
+  if index not in per_owner:
+    per_owner[index] = CompiledSteps.of(steps)
+  return per_owner[index]

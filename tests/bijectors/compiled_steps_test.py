@@ -1,0 +1,130 @@
+"""Tests of CompiledSteps: a level's K flow steps traced once give the per-layer values."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import glow_tf
+from glow_tf.bijectors import CompiledSteps
+from tests import checks
+
+TINY = dict(image_shape=(8, 8, 2), levels=2, depth=3, width=8)
+
+
+def images(batch=5, dtype='float32', seed=0):
+  rng = np.random.RandomState(seed)
+  return tf.constant((rng.rand(batch, 8, 8, 2) - 0.5).astype(dtype))
+
+
+def twin_flows(**overrides):
+  """The same weights (initialised and perturbed) as a compiled and a per-layer flow."""
+  config = glow_tf.GlowConfig(**{**TINY, **overrides})
+  compiled = glow_tf.build_glow(config)
+  per_layer = glow_tf.build_glow(config.replace(compile_steps=False))
+  x = images(dtype=config.dtype)
+  glow_tf.initialize(compiled, x)
+  checks.perturb(compiled, 0.05, seed=3)
+  assert [v.name for v in compiled.variables] == [v.name for v in per_layer.variables]
+  for a, b in zip(compiled.variables, per_layer.variables):
+    b.assign(a)
+  return compiled, per_layer, x
+
+
+def test_compiled_steps_are_used_and_per_layer_flow_has_none():
+  compiled, per_layer, _ = twin_flows()
+  for level in range(TINY['levels']):
+    assert isinstance(compiled.multiscale.compiled_steps(level), CompiledSteps)
+    assert per_layer.multiscale.compiled_steps(level) is None
+  with glow_tf.nn.data_dependent_init():  # ActNorm's init runs layer by layer.
+    assert compiled.multiscale.compiled_steps(0) is None
+
+
+@pytest.mark.parametrize(
+  'overrides, rtol',
+  [
+    ({}, 1e-5),
+    ({'dtype': 'float64'}, 1e-12),
+    ({'coupling': 'additive', 'permutation': 'shuffle', 'dtype': 'float64'}, 1e-12),
+    ({'permutation': 'reverse', 'num_classes': 3, 'dtype': 'float64'}, 1e-12),
+  ],
+)
+def test_same_values_as_per_layer(overrides, rtol):
+  compiled, per_layer, x = twin_flows(**overrides)
+  kwargs = glow_tf.conditional_kwargs(
+    tf.constant([0, 1, 2, 0, 1]) if 'num_classes' in overrides else None
+  )
+
+  def log_prob_and_grads(flow):
+    with tf.GradientTape() as tape:
+      log_prob = flow.log_prob(x, bijector_kwargs=kwargs)
+      loss = -tf.reduce_mean(log_prob)
+    return log_prob, tape.gradient(loss, flow.trainable_variables)
+
+  lp_c, grads_c = log_prob_and_grads(compiled)
+  lp_p, grads_p = log_prob_and_grads(per_layer)
+  np.testing.assert_allclose(lp_c, lp_p, rtol=rtol)
+  assert len(grads_c) == len(grads_p)
+  assert all(g is not None for g in grads_c)
+  for v, a, b in zip(compiled.trainable_variables, grads_c, grads_p):
+    scale = max(float(np.max(np.abs(b))), 1e-6)
+    np.testing.assert_allclose(a / scale, b / scale, atol=rtol, err_msg=v.name)
+
+  # Traced, with an unknown batch: the same again.
+  spec = tf.TensorSpec([None, 8, 8, 2], x.dtype)
+  traced = tf.function(
+    lambda x: compiled.log_prob(x, bijector_kwargs=kwargs), input_signature=[spec]
+  )
+  np.testing.assert_allclose(traced(x), lp_p, rtol=rtol)
+
+  # Samples from one seed (at 0.7: the perturbed weights' inverse overflows float32
+  # on some draws at 1.0), and the round trip image -> latent -> image.
+  label = tf.constant([1, 2]) if 'num_classes' in overrides else None
+  s_c = glow_tf.sample(compiled, 2, temperature=0.7, seed=(7, 8), label=label)
+  s_p = glow_tf.sample(per_layer, 2, temperature=0.7, seed=(7, 8), label=label)
+  assert np.all(np.isfinite(s_p))
+  np.testing.assert_allclose(s_c, s_p, rtol=rtol, atol=rtol)
+  z = compiled.bijector.inverse(x, **kwargs)
+  np.testing.assert_allclose(z, per_layer.bijector.inverse(x, **kwargs), rtol=rtol, atol=rtol)
+  np.testing.assert_allclose(compiled.bijector.forward(z, **kwargs), x, atol=100 * rtol)
+  np.testing.assert_allclose(
+    compiled.bijector.inverse_log_det_jacobian(x, event_ndims=3, **kwargs),
+    per_layer.bijector.inverse_log_det_jacobian(x, event_ndims=3, **kwargs),
+    rtol=rtol,
+  )
+
+
+def outer_ops(depth: int, compile_steps: bool) -> tuple[int, int]:
+  """Ops in the graph of a log_prob gradient at `depth`, and the steps' tracing count."""
+  config = glow_tf.GlowConfig(
+    **{**TINY, 'depth': depth, 'width': 4, 'compile_steps': compile_steps}
+  )
+  flow = glow_tf.build_glow(config)
+  glow_tf.initialize(flow, images())
+  variables = flow.trainable_variables
+
+  @tf.function(autograph=False)
+  def grads(x):
+    with tf.GradientTape() as tape:
+      loss = -tf.reduce_mean(flow.log_prob(x))
+    return tape.gradient(loss, variables)
+
+  graph = grads.get_concrete_function(tf.TensorSpec([4, 8, 8, 2])).graph
+  traced = [flow.multiscale.compiled_steps(level) for level in range(config.levels)]
+  count = sum(steps.tracing_count() for steps in traced) if compile_steps else 0
+  return len(graph.get_operations()), count
+
+
+def test_trace_does_not_grow_with_depth():
+  ops_2, traces_2 = outer_ops(2, compile_steps=True)
+  ops_32, traces_32 = outer_ops(32, compile_steps=True)
+  # One step per level traced (forward; its gradient is TensorFlow's, of the call),
+  # whatever the depth.
+  assert traces_2 == traces_32 == TINY['levels']
+  # Each further step adds its call and a few ops around it (its variables' captures,
+  # the log-det sum, the gradient's call), not its layers.
+  per_step = (ops_32 - ops_2) / (30 * TINY['levels'])
+  assert per_step < 45, (ops_2, ops_32)  # 36 measured.
+  # The per-layer path's graph holds every layer: many times more per step.
+  layer_2, _ = outer_ops(2, compile_steps=False)
+  layer_4, _ = outer_ops(4, compile_steps=False)
+  assert (layer_4 - layer_2) / (2 * TINY['levels']) > 5 * per_step
