@@ -12,6 +12,8 @@ The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
 """
 
+import contextlib
+import threading
 import weakref
 
 import tensorflow as tf
@@ -20,7 +22,7 @@ from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
 from glow_tf.tracing import SharedTrace
 
-__all__ = ['CompiledSteps']
+__all__ = ['CompiledSteps', 'per_layer']
 
 
 def _signature(step) -> tuple:
@@ -68,13 +70,19 @@ class CompiledSteps:
   def steps(self) -> list:
     return list(self._steps)
 
-  def _values(self, k: int) -> list[tf.Variable]:
+  def _values(self, k: int) -> list:
     """Step `k`'s variables: the arguments of its call.
 
-    Passed as variables, not values: the call then reads them itself, and the
-    caller's graph holds one call per step instead of a read per variable per step.
+    Plain variables are passed as variables, not values: the call then reads them
+    itself, and the caller's graph holds one call per step instead of a read per
+    variable per step. A strategy's distributed variables are read here, in the
+    replica's context, so that the read (and the caller's tape) sees this
+    replica's copy.
     """
-    return self._step_variables[k]
+    return [
+      tf.convert_to_tensor(v) if isinstance(v, tf.distribute.DistributedValues) else v
+      for v in self._step_variables[k]
+    ]
 
   def _per_example(self, log_det, x, event_ndims=3):
     return log_det + tf.zeros(tf.shape(x)[: x.shape.rank - event_ndims], x.dtype)
@@ -147,6 +155,27 @@ class CompiledSteps:
 
 
 _CACHE = weakref.WeakKeyDictionary()
+_per_layer = threading.local()
+
+
+@contextlib.contextmanager
+def per_layer():
+  """Within this context, flows trace layer by layer: one graph with no function calls.
+
+  For converters that need every op inline (TFLite has no call to a function
+  kept out of line); the values are the same.
+  """
+  previous = getattr(_per_layer, 'active', False)
+  _per_layer.active = True
+  try:
+    yield
+  finally:
+    _per_layer.active = previous
+
+
+def per_layer_active() -> bool:
+  """Whether a `per_layer()` context is open on this thread."""
+  return getattr(_per_layer, 'active', False)
 
 
 def compiled_steps(owner, index: int, steps) -> CompiledSteps | None:

@@ -151,13 +151,16 @@ class MultiScaleFlow(FlowBijector):
     """Level `index`'s flow steps traced once and called K times, or None (per layer).
 
     None when `compile_steps` is off, when the steps differ in structure or are
-    not the trailing parts of the level, and during ActNorm's data-dependent
-    initialisation (which runs layer by layer, eagerly).
+    not the trailing parts of the level, during ActNorm's data-dependent
+    initialisation (which runs layer by layer, eagerly), and inside
+    `compiled_steps.per_layer()`.
     """
     steps = self.steps(index)
     parts = self.level_parts(index)
     trailing = steps and all(a is b for a, b in zip(parts[-len(steps) :], steps))
-    if not self._compile_steps or nn.initializing() or not trailing:
+    if not self._compile_steps or nn.initializing() or compiled_lib.per_layer_active():
+      return None
+    if not trailing:
       return None
     return compiled_lib.compiled_steps(self, index, steps)
 

@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,8 +29,10 @@ import glow_tf
 from glow_tf import configs
 from glow_tf.configs import option
 from glow_tf.errors import ConfigError
-from glow_tf.training import optim, reversible
+from glow_tf.training import data, optim
+from glow_tf.training.config import TrainConfig
 from glow_tf.training.loss import Loss
+from glow_tf.training.trainer import Trainer
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
@@ -42,7 +45,7 @@ MEASURES = (
   'params',
   'flops',
   'mirrored',
-  'recompute',
+  'depth',
 )
 MODELS = ('glow_tf', 'tfb_glow')
 XLA_MODES = {'off': [False], 'on': [True], 'both': [False, True]}
@@ -73,7 +76,12 @@ class BenchmarkConfig:
   )
   repeats: int = option(5, 'Timed repeats per throughput figure.', minimum=1)
   steps: int = option(3, 'Steps per timed repeat.', minimum=1)
-  memory_depth: int = option(32, 'K of the recompute memory comparison.', minimum=1)
+  memory_depth: int = option(
+    32,
+    "K of the depth measures (the Trainer's first step, throughput and step memory at K "
+    'and at --depth; --recompute also at 2K).',
+    minimum=1,
+  )
   mirrored_devices: int = option(2, 'Logical CPU devices for the mirrored ratio.', minimum=2)
 
   def __post_init__(self):
@@ -99,7 +107,20 @@ TARGETS = {  # name: (description, threshold, higher is better)
   'sample_vs_tfb': ('sampling throughput vs tfb.Glow', 2.0),
   'mirrored': ('mirrored (N CPUs) vs one device', 0.9),
   'recompute_memory': ('recompute step memory vs without', 1 / 3),
+  'trainer_first_step': ("Trainer's time to first step (s)", None),  # Threshold by depth.
+  'compiled_vs_layers': ('compiled steps training throughput vs per-layer', 0.95),
+  'recompute_flat': ('recompute step memory beyond the gradients at 2K vs K', 1.05),
+  'memory_measure': ('step memory measured vs analytic', 0.75),
+  'resume': ('resume at K: restore and first step (s)', 10.0),
 }
+FIRST_STEP_TARGETS = {8: 5.0, 32: 8.0}  # Seconds, by K (issue 18).
+LOWER_IS_BETTER = (
+  'first_step',
+  'recompute_memory',
+  'trainer_first_step',
+  'recompute_flat',
+  'resume',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +160,22 @@ def forward_flops(shape: Shape) -> int:
       total += positions * 9 * kept * 2 * (channels - kept)
       channels = kept
   return 2 * total
+
+
+def activation_bytes(shape: Shape, dtype_bytes: int = 4) -> int:
+  """What backprop with a tape keeps of one training step that grows with depth, in bytes.
+
+  Per flow step, the coupling network's two hidden activations of `width`
+  channels (the ReLU outputs, which its convolutions' gradients read) on the
+  level's h x w grid; the flow's own C-channel tensors are a few percent of
+  that at the paper's widths and are left out, as are the split priors (one per
+  level, not per step).
+  """
+  size, total = shape.image_size, 0
+  for _ in range(shape.levels):
+    size //= 2
+    total += shape.depth * 2 * shape.batch_size * size * size * shape.width
+  return dtype_bytes * total
 
 
 # ---- worker side ---------------------------------------------------------------------------
@@ -203,7 +240,7 @@ def _with_temperature(spec, flow):
   return tfd.TransformedDistribution(base, flow.bijector)
 
 
-def _train_step_fn(spec, flow, variables, recompute=False):
+def _train_step_fn(spec, flow, variables):
   """A training step of `flow` on mean bits/dim: training's own loss for glow_tf."""
   shape = Shape(**spec['shape'])
   num_dims = shape.image_size**2 * shape.channels
@@ -216,9 +253,6 @@ def _train_step_fn(spec, flow, variables, recompute=False):
     return loss_fn.bits_per_dim(flow.log_prob(x), num_dims)  # tfb.Glow: a plain distribution.
 
   def grads(x):
-    if recompute:
-      loss, _, g = reversible.loss_and_gradients(flow, x, loss_fn, variables)
-      return tf.reduce_mean(loss), g
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(per_example(x))
     return loss, tape.gradient(loss, variables)
@@ -243,6 +277,88 @@ def _status(key):
       if line.startswith(key):
         return int(line.split()[1]) / 1024.0
   return float('nan')
+
+
+def _synthetic_source(shape: Shape, count: int = 64):
+  """Uniform random 8-bit images as a DataSource: the Trainer's own input path, no files."""
+  rng = np.random.default_rng(0)
+  image_shape = (shape.image_size, shape.image_size, shape.channels)
+  examples = tf.data.Dataset.from_tensor_slices(
+    (rng.integers(0, 256, (count, *image_shape), dtype=np.int32), np.zeros([count], np.int32))
+  )
+  return data.DataSource(
+    name='synthetic',
+    train=examples,
+    test=examples,
+    num_train=count,
+    num_test=count,
+    image_shape=image_shape,
+    num_bins=256,
+    num_classes=None,
+  )
+
+
+def _allocated_mib(fn) -> float:
+  """MiB the CPU allocator's peak rises above what is held before `fn()` runs."""
+  tf.config.experimental.reset_memory_stats('CPU:0')
+  before = tf.config.experimental.get_memory_info('CPU:0')['current']
+  fn()
+  return (tf.config.experimental.get_memory_info('CPU:0')['peak'] - before) / 2**20
+
+
+def _trainer_run(spec):
+  """glow_tf's own Trainer (as `glow_tf.train` runs it): first step, steady steps, memory.
+
+  `first_step_s` runs from building the Trainer (model, optimiser, checkpoint) through
+  restoring or initialising to the end of the first step; with `resume`, `model_dir`
+  holds a checkpoint to restore. `step_mib` is what one step adds to the CPU
+  allocator's peak after warm-up: activations, gradients and temporaries.
+  """
+  shape = Shape(**spec['shape'])
+  config = TrainConfig(
+    model=TrainConfig().model.replace(
+      levels=shape.levels,
+      depth=shape.depth,
+      width=shape.width,
+      compile_steps=spec['compile_steps'],
+    ),
+    batch_size=shape.batch_size,
+    init_batch_size=64,
+    recompute=spec['recompute'],
+  )
+  source, strategy = _synthetic_source(shape), tf.distribute.get_strategy()
+  times = [time.perf_counter()]
+  trainer = Trainer(config, spec['model_dir'], source, strategy)
+  times.append(time.perf_counter())
+  message = trainer.restore_or_initialize()
+  times.append(time.perf_counter())
+  if bool(spec.get('resume')) != message.startswith('restored'):
+    raise RuntimeError(f'expected {"a restore" if spec.get("resume") else "a new run"}: {message}')
+  iterator = trainer.train_iterator()
+  trainer.train_step(iterator)
+  times.append(time.perf_counter())
+  results = dict(
+    first_step_s=times[-1] - times[0],
+    build_s=times[1] - times[0],
+    init_s=times[2] - times[1],  # ActNorm's data-dependent init, or the restore.
+    step_s=times[3] - times[2],  # Trace, graph build and the first run of the step.
+    params=int(sum(np.prod(v.shape) for v in trainer.variables)),
+  )
+  if spec.get('resume'):
+    return results
+  if spec['repeats']:
+    steps = [time.perf_counter()]
+    for _ in range(spec['repeats'] * spec['steps']):
+      trainer.train_step(iterator)
+      steps.append(time.perf_counter())
+    seconds = np.diff(steps).reshape(spec['repeats'], spec['steps']).mean(axis=1)
+    results['train_img_s'] = [shape.batch_size / t for t in seconds]
+  else:
+    trainer.train_step(iterator)  # Warm-up: the allocator's pools and the prefetch settle.
+  results['step_mib'] = _allocated_mib(lambda: trainer.train_step(iterator))
+  if spec.get('save'):
+    trainer.save()
+  return results
 
 
 def run_worker(spec):
@@ -271,11 +387,11 @@ def run_worker(spec):
   )
   if spec['kind'] == 'mirrored':
     return _mirrored(spec, x)
+  if spec['kind'] == 'trainer':
+    return _trainer_run(spec)
   flow, variables = _build(spec, x)
   results = dict(params=int(sum(np.prod(v.shape) for v in variables)))
-  step = tf.function(
-    _train_step_fn(spec, flow, variables, recompute=spec.get('recompute', False)), autograph=False
-  )
+  step = tf.function(_train_step_fn(spec, flow, variables), autograph=False)
   start = time.perf_counter()
   _block(step(x))
   results['first_step_s'] = time.perf_counter() - start
@@ -384,6 +500,57 @@ def machine_facts():
   )
 
 
+def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> dict:
+  """glow_tf's Trainer at depth K = shape.depth and `deep`: compiled steps with and
+  without --recompute, and the per-layer path; --recompute's memory at 2 x `deep`;
+  a resume at `deep`. Keys: ('trainer', K, recompute, compiled) and ('resume', K)."""
+  figures = {}
+  with tempfile.TemporaryDirectory() as scratch:
+    for depth in sorted({shape.depth, deep}):
+      for recompute, compiled in ((False, True), (True, True), (False, False)):
+        log(f'measuring the Trainer at K={depth}, recompute={recompute}, compiled={compiled} ...')
+        save = depth == deep and compiled and not recompute
+        figures[('trainer', depth, recompute, compiled)] = spawn(
+          dict(
+            shape=dict(dataclasses.asdict(shape), depth=depth),
+            kind='trainer',
+            recompute=recompute,
+            compile_steps=compiled,
+            repeats=repeats,
+            steps=steps,
+            model_dir=os.path.join(scratch, f'k{depth}-{recompute}-{compiled}'),
+            save=save,
+          )
+        )
+    log(f'measuring --recompute memory at K={2 * deep} ...')
+    figures[('trainer', 2 * deep, True, True)] = spawn(
+      dict(
+        shape=dict(dataclasses.asdict(shape), depth=2 * deep),
+        kind='trainer',
+        recompute=True,
+        compile_steps=True,
+        repeats=0,
+        steps=1,
+        model_dir=os.path.join(scratch, f'k{2 * deep}'),
+      )
+    )
+    log(f'measuring a resume at K={deep} ...')
+    figures[('resume', deep)] = spawn(
+      dict(
+        shape=dict(dataclasses.asdict(shape), depth=deep),
+        kind='trainer',
+        recompute=False,
+        compile_steps=True,
+        repeats=0,
+        steps=1,
+        model_dir=os.path.join(scratch, f'k{deep}-False-True'),
+        resume=True,
+      )
+    )
+  figures['memory_depth'] = deep
+  return figures
+
+
 def collect(
   shape: Shape,
   measures,
@@ -412,18 +579,75 @@ def collect(
     for model in models:
       log(f'measuring memory of {model} ...')
       figures[('memory', model)] = spawn(dict(base, kind='memory', model=model), low_memory)
-  if 'recompute' in measures:
-    deep = dict(dataclasses.asdict(shape), depth=memory_depth)
-    for recompute in (False, True):
-      log(f'measuring memory at K={memory_depth}, recompute={recompute} ...')
-      figures[('recompute', recompute)] = spawn(
-        dict(base, shape=deep, kind='memory', model='glow_tf', recompute=recompute), low_memory
-      )
-    figures['memory_depth'] = memory_depth
+  if 'depth' in measures:
+    figures.update(_collect_depth(shape, memory_depth, repeats, steps, log))
   if 'mirrored' in measures:
     log(f'measuring mirrored over {mirrored_devices} logical CPUs ...')
     figures['mirrored'] = spawn(dict(base, kind='mirrored', cpu_devices=mirrored_devices))
   return figures
+
+
+def _depth_table(shape: Shape, figures, checks) -> list[str]:
+  """The Trainer-at-depth table (see `_collect_depth`); appends its targets to `checks`."""
+  runs = {k[1:]: v for k, v in figures.items() if isinstance(k, tuple) and k[0] == 'trainer'}
+  if not runs:
+    return []
+  lines = [
+    '',
+    "glow_tf's Trainer (`glow_tf.train`'s steps: data pipeline, optimiser, averages, "
+    'a `.numpy()` per step) on random images, each row a fresh process. First step: '
+    'from building the Trainer to the end of its first step (in brackets: building, '
+    "ActNorm's data-dependent init, the step's trace and first run). Step memory: what "
+    "one step adds to the CPU allocator's peak after warm-up. Analytic: the gradients "
+    '(4 bytes per parameter, held until the update) plus the activations the backward '
+    "pass keeps: the coupling networks' hidden activations of every step with a tape "
+    '(`activation_bytes`), one step at a time with --recompute.',
+    '',
+    '| K | path | first step, s | training img/s | step memory, MiB | analytic, MiB |',
+    '| --- | --- | --- | --- | --- | --- |',
+  ]
+  mib = lambda depth: activation_bytes(dataclasses.replace(shape, depth=depth)) / 2**20
+  # --recompute keeps one step's activations at a time: the largest, at the first level.
+  one_step = activation_bytes(dataclasses.replace(shape, depth=1, levels=1)) / 2**20
+  grads = lambda run: 4 * run.get('params', 0) / 2**20
+  for (depth, recompute, compiled), run in sorted(runs.items()):
+    path = ('compiled steps' if compiled else 'per layer') + (', --recompute' if recompute else '')
+    if 'error' in run:
+      lines.append(f'| {depth} | {path} | failed: {run["error"]} | | | |')
+      continue
+    img_s = spread(run['train_img_s']) if 'train_img_s' in run else '-'
+    analytic = grads(run) + (one_step if recompute else mib(depth))
+    parts = ' + '.join(f'{run[k]:.1f}' for k in ('build_s', 'init_s', 'step_s') if k in run)
+    lines.append(
+      f'| {depth} | {path} | {run["first_step_s"]:.1f} ({parts}) | {img_s} '
+      f'| {run["step_mib"]:.0f} | {analytic:.0f} ({grads(run):.0f} gradients) |'
+    )
+    tag = f' at K={depth}' + (' --recompute' if recompute else '')
+    if compiled and depth in FIRST_STEP_TARGETS:
+      checks.append(('trainer_first_step', tag, run['first_step_s'], FIRST_STEP_TARGETS[depth]))
+    if compiled and not recompute:
+      checks.append(('memory_measure', f' at K={depth}', run['step_mib'] / analytic))
+      layers = runs.get((depth, False, False), {})
+      if 'train_img_s' in run and 'train_img_s' in layers:
+        ratio = median(run['train_img_s']) / median(layers['train_img_s'])
+        checks.append(('compiled_vs_layers', f' at K={depth}', ratio))
+  deep = figures.get('memory_depth')
+  plain, recomputed = runs.get((deep, False, True), {}), runs.get((deep, True, True), {})
+  twice = runs.get((2 * deep, True, True), {})
+  # Ratios of step memory only where the denominator is measurable (tiny test models
+  # add less than the allocator's granularity).
+  if plain.get('step_mib', 0) >= 1 and 'step_mib' in recomputed:
+    ratio = recomputed['step_mib'] / plain['step_mib']
+    checks.append(('recompute_memory', f' at K={deep}', ratio))
+  beyond = lambda run: run['step_mib'] - grads(run)  # What is not parameter-sized.
+  if 'step_mib' in recomputed and beyond(recomputed) >= 1 and 'step_mib' in twice:
+    ratio = beyond(twice) / beyond(recomputed)
+    checks.append(('recompute_flat', f' ({2 * deep} vs {deep})', ratio))
+  resume = figures.get(('resume', deep), {})
+  if 'first_step_s' in resume:
+    lines += ['', f'Resume at K={deep}: restore and first step in {resume["first_step_s"]:.1f} s.']
+    checks.append(('resume', f' at K={deep}', resume['first_step_s']))
+  return lines
 
 
 def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
@@ -536,6 +760,7 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
         )
       )
     checks.append(('recompute_memory', '', recomputed['step_mib'] / plain['step_mib']))
+  depth_lines = _depth_table(shape, figures, checks)
   mirrored = figures.get('mirrored')
   if mirrored and 'mirrored_img_s' in mirrored:
     ratio = median(mirrored['mirrored_img_s']) / median(mirrored['one_device_img_s'])
@@ -554,10 +779,12 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
   if pairs:
     lines += ['', '| glow_tf | without | with | ratio |', '| --- | --- | --- | --- |']
     lines += [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in pairs]
+  lines += depth_lines
   lines += ['', '| target | measured | met |', '| --- | --- | --- |']
-  for name, tag, value in checks:
+  for name, tag, value, *bound in checks:
     description, threshold = TARGETS[name]
-    lower_is_better = name in ('first_step', 'recompute_memory')
+    threshold = bound[0] if bound else threshold
+    lower_is_better = name in LOWER_IS_BETTER
     met = value <= threshold if lower_is_better else value >= threshold
     bound = '<=' if lower_is_better else '>='
     shown = f'{value:.2f}' if name != 'train_vs_peak' else f'{value:.0%}'

@@ -22,6 +22,7 @@ import tempfile
 
 import tensorflow as tf
 
+from glow_tf.bijectors import compiled_steps
 from glow_tf.errors import ExportError
 from glow_tf.model import flow as flow_lib
 from glow_tf.model import pixels
@@ -143,9 +144,10 @@ class GlowServing(tf.Module):
       return self._scores(pixels.centre(images, self._num_bins), None)
 
     scores = tf.function(scores, autograph=False)
-    concrete = scores.get_concrete_function(
-      tf.TensorSpec([None, *self._image_shape], tf.uint8, name='images')
-    )
+    with compiled_steps.per_layer():  # TFLite needs every op inline.
+      concrete = scores.get_concrete_function(
+        tf.TensorSpec([None, *self._image_shape], tf.uint8, name='images')
+      )
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], self).convert()
 
   def signatures(self):

@@ -43,8 +43,39 @@ def test_report_computes_ratios_and_judges_targets():
       first_step_s=40.0,
     ),
     'peak': dict(conv_peak_gflops=[1e9], conv_shape='3x3 conv'),
-    ('recompute', False): dict(peak_rss_mib=2000.0, step_mib=600.0, first_step_s=50.0),
-    ('recompute', True): dict(peak_rss_mib=1900.0, step_mib=150.0, first_step_s=90.0),
+    # Gradients: 30 MiB at K=8, 120.25 at K=32, 240.5 at K=64 (4 bytes per parameter).
+    ('trainer', 8, False, True): dict(
+      first_step_s=4.0,
+      build_s=1.0,
+      init_s=1.0,
+      step_s=2.0,
+      train_img_s=[20.0],
+      step_mib=150.0,
+      params=7864320,
+    ),
+    ('trainer', 8, True, True): dict(
+      first_step_s=6.0, train_img_s=[14.0], step_mib=50.0, params=7864320
+    ),
+    ('trainer', 8, False, False): dict(
+      first_step_s=9.0, train_img_s=[20.5], step_mib=150.0, params=7864320
+    ),
+    ('trainer', 32, False, True): dict(
+      first_step_s=7.0, train_img_s=[5.0], step_mib=600.0, params=31522816
+    ),
+    ('trainer', 32, True, True): dict(
+      first_step_s=7.5,
+      build_s=1.0,
+      init_s=2.0,
+      step_s=4.5,
+      train_img_s=[3.5],
+      step_mib=150.0,
+      params=31522816,
+    ),
+    ('trainer', 32, False, False): dict(
+      first_step_s=30.0, train_img_s=[5.5], step_mib=610.0, params=31522816
+    ),
+    ('trainer', 64, True, True): dict(first_step_s=12.0, step_mib=271.0, params=63045632),
+    ('resume', 32): dict(first_step_s=9.0),
     'memory_depth': 32,
     'mirrored': dict(one_device_img_s=[20.0], mirrored_img_s=[17.0], devices=2),
   }
@@ -57,7 +88,24 @@ def test_report_computes_ratios_and_judges_targets():
   assert verdicts['log_prob throughput vs tfb.Glow >= 2.00'] == 'no'  # 1.67
   assert verdicts['sampling throughput vs tfb.Glow >= 2.00'] == 'yes'
   assert verdicts['time to first step (s) <= 10.00'] == 'yes'
-  assert verdicts['recompute step memory vs without <= 0.33'] == 'yes'  # 0.25
+  assert verdicts['recompute step memory vs without at K=32 <= 0.33'] == 'yes'  # 0.25
+  assert verdicts["Trainer's time to first step (s) at K=8 <= 5.00"] == 'yes'
+  assert verdicts["Trainer's time to first step (s) at K=8 --recompute <= 5.00"] == 'no'  # 6
+  assert verdicts["Trainer's time to first step (s) at K=32 <= 8.00"] == 'yes'
+  # 20 / 20.5 = 0.976 and 5 / 5.5 = 0.909.
+  assert verdicts['compiled steps training throughput vs per-layer at K=8 >= 0.95'] == 'yes'
+  assert verdicts['compiled steps training throughput vs per-layer at K=32 >= 0.95'] == 'no'
+  # Beyond the gradients: (271 - 240.5) / (150 - 120.25) = 1.03.
+  assert (
+    verdicts['recompute step memory beyond the gradients at 2K vs K (64 vs 32) <= 1.05'] == 'yes'
+  )
+  # Analytic at K=32: 3 levels, 2 x 16 x (256 + 64 + 16) x 400 x 4 bytes of activations
+  # per step = 16.4 MiB, x 32 = 525 MiB; plus 120.25 of gradients; 600 / 645 = 0.93.
+  assert verdicts['step memory measured vs analytic at K=32 >= 0.75'] == 'yes'
+  assert verdicts['resume at K: restore and first step (s) at K=32 <= 10.00'] == 'yes'
+  # --recompute: one level-0 step's activations, 2 x 16 x 256 x 400 x 4 bytes = 12.5 MiB.
+  row = '| 32 | compiled steps, --recompute | 7.5 (1.0 + 2.0 + 4.5) | 3.5 (3.5-3.5) | 150 |'
+  assert f'{row} 133 (120 gradients) |' in text
   assert verdicts['mirrored (N CPUs) vs one device >= 0.90'] == 'no'  # 0.85
   assert 'Command: `python -m glow_tf.benchmark`' in text and 'test cpu, 2 cores' in text
 
@@ -106,7 +154,9 @@ def test_a_tiny_benchmark_runs_every_measure_and_writes_its_table(tmp_path):
     'training FLOP rate, GFLOP/s',
     'machine peak',
     'peak RSS in training steps',
-    '--recompute at K=2',
+    '2 | compiled steps, --recompute',
+    '4 | compiled steps, --recompute',
+    '2 | per layer',
     'MirroredStrategy over 2 logical CPUs',
   ):
     assert f'| {row}' in text, row

@@ -491,3 +491,32 @@ def test_a_folder_without_usable_test_images_is_refused_before_step_0(tmp_path):
   ):
     trainer_lib.train_and_evaluate(SHORT.replace(dataset=f'folder:{root}'), str(run))
   assert not run.exists()
+
+
+@pytest.mark.parametrize(
+  'recompute, jit_compile, replicas',
+  [(False, True, 1), (True, False, 1), (True, False, 2)],
+  ids=['xla', 'recompute', 'recompute_mirrored'],
+)
+def test_compiled_steps_train_as_the_per_layer_path(
+  tmp_path, digits, recompute, jit_compile, replicas
+):
+  config = TINY.replace(batch_size=16)
+  per_layer = make_trainer(config.replace(compile_steps=False), tmp_path / 'layers', digits)
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']) if replicas == 2 else None
+  compiled = make_trainer(
+    config.replace(recompute=recompute, jit_compile=jit_compile),
+    tmp_path / 'compiled',
+    digits,
+    strategy,
+  )
+  assert compiled.flow.multiscale.compiled_steps(0) is not None
+  assert per_layer.flow.multiscale.compiled_steps(0) is None
+  a_it, b_it = per_layer.train_iterator(), compiled.train_iterator()
+  for _ in range(3):
+    a, b = per_layer.train_step(a_it), compiled.train_step(b_it)
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+    np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=1e-3)
+  for v_a, v_b in zip(per_layer.variables, compiled.variables):
+    v_b = compiled.strategy.experimental_local_results(v_b)[0]
+    np.testing.assert_allclose(v_a.numpy(), v_b.numpy(), rtol=1e-4, atol=1e-5, err_msg=v_a.name)
