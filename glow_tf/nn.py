@@ -213,9 +213,12 @@ class Conv2D(tf.Module):
       )
 
   def __call__(self, x: tf.Tensor, scale=None) -> tf.Tensor:
-    """conv(x); with `scale` (per output channel), conv(x) * scale, folded into the kernel."""
+    """conv(x); with `scale` (per output channel), conv(x) * scale, folded into the kernel.
+
+    Computes in `x`'s dtype: the kernel (and its scale) are cast to it.
+    """
     kernel = read(self.kernel) if scale is None else read(self.kernel) * scale
-    return conv2d_same(x, kernel)
+    return conv2d_same(x, tf.cast(kernel, x.dtype))
 
 
 class ZeroConv2D(tf.Module):
@@ -231,9 +234,11 @@ class ZeroConv2D(tf.Module):
     out_channels: int,
     kernel_size: int = 3,
     dtype=tf.float32,
+    compute_dtype=None,
     name: str = 'zero_conv',
   ):
     super().__init__(name=name)
+    self.compute_dtype = tf.as_dtype(compute_dtype or dtype)
     with self.name_scope:
       self.kernel = tf.Variable(
         tf.zeros([kernel_size, kernel_size, in_channels, out_channels], dtype), name='kernel'
@@ -242,12 +247,21 @@ class ZeroConv2D(tf.Module):
       self.logs = tf.Variable(tf.zeros([out_channels], dtype), name='logs')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
+    """The convolution in `compute_dtype`; its output, bias and scale in the variables' dtype."""
     scale = tf.exp(LOGSCALE_FACTOR * read(self.logs))  # Folded: conv(x, W * s) + b * s.
-    return tf.nn.bias_add(conv2d_same(x, read(self.kernel) * scale), read(self.bias) * scale)
+    x = tf.cast(x, self.compute_dtype)
+    y = conv2d_same(x, tf.cast(read(self.kernel) * scale, self.compute_dtype))
+    return tf.nn.bias_add(tf.cast(y, scale.dtype), read(self.bias) * scale)
 
 
 class CouplingNetwork(tf.Module):
-  """Glow's coupling network: conv3x3 → ActNorm → ReLU → conv1x1 → ActNorm → ReLU → zero conv3x3."""
+  """Glow's coupling network: conv3x3 → ActNorm → ReLU → conv1x1 → ActNorm → ReLU → zero conv3x3.
+
+  With `compute_dtype` (e.g. bfloat16) its convolutions and hidden activations are
+  computed in that type; its variables, ActNorms' statistics and output stay in
+  `dtype`. The output is a function of the input alone, so a coupling's inverse
+  recomputes it exactly.
+  """
 
   def __init__(
     self,
@@ -256,22 +270,26 @@ class CouplingNetwork(tf.Module):
     width: int,
     seed=(0, 0),
     dtype=tf.float32,
+    compute_dtype=None,
     name: str = 'network',
   ):
     super().__init__(name=name)
+    self.compute_dtype = tf.as_dtype(compute_dtype or dtype)
     seeds = tf.random.experimental.stateless_split(tf.constant(seed, tf.int64), 2)
     with self.name_scope:
       self.conv_in = Conv2D(in_channels, width, 3, seed=seeds[0], dtype=dtype, name='conv_in')
       self.actnorm_in = ActNormLayer(width, dtype=dtype, name='actnorm_in')
       self.conv_hidden = Conv2D(width, width, 1, seed=seeds[1], dtype=dtype, name='conv_hidden')
       self.actnorm_hidden = ActNormLayer(width, dtype=dtype, name='actnorm_hidden')
-      self.conv_out = ZeroConv2D(width, out_channels, 3, dtype=dtype, name='conv_out')
+      self.conv_out = ZeroConv2D(
+        width, out_channels, 3, dtype=dtype, compute_dtype=compute_dtype, name='conv_out'
+      )
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
     return apply_to_images(self._call, x)
 
   def _call(self, x):
-    h = _conv_actnorm_relu(x, self.conv_in, self.actnorm_in)
+    h = _conv_actnorm_relu(tf.cast(x, self.compute_dtype), self.conv_in, self.actnorm_in)
     h = _conv_actnorm_relu(h, self.conv_hidden, self.actnorm_hidden)
     return self.conv_out(h)
 
@@ -280,9 +298,9 @@ def _conv_actnorm_relu(x, conv: Conv2D, actnorm: ActNormLayer):
   """relu(actnorm(conv(x))), with ActNorm's scale folded into the kernel:
   relu(conv(x, W * s) + b), one pass over the wide activation instead of three."""
   if initializing() and not actnorm.is_initialized():
-    actnorm.initialize(conv(x))
+    actnorm.initialize(tf.cast(conv(x), actnorm.shift.dtype))  # Statistics in full precision.
   scale, shift = tf.exp(read(actnorm.log_scale)), read(actnorm.shift)
-  return tf.nn.relu(tf.nn.bias_add(conv(x, scale=scale), shift))
+  return tf.nn.relu(tf.nn.bias_add(conv(x, scale=scale), tf.cast(shift, x.dtype)))
 
 
 class ClassifierHead(tf.Module):

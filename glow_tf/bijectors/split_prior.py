@@ -38,16 +38,22 @@ class SplitPrior(AffineCoupling):
     self,
     num_channels: int,
     dtype=tf.float32,
+    compute_dtype=None,
     validate_args: bool = False,
     name: str = 'split_prior',
   ):
-    """Builds the prior for images with `num_channels` channels; at first N(0, 1)."""
+    """Builds the prior for images with `num_channels` channels; at first N(0, 1).
+
+    `compute_dtype` (e.g. bfloat16): the type of its network's convolution; the
+    mean, scale and log-det stay in `dtype`.
+    """
     with tf.name_scope(name):
       network = nn.ZeroConv2D(
         num_channels // 2,
         2 * (num_channels - num_channels // 2),
         kernel_size=3,
         dtype=dtype,
+        compute_dtype=compute_dtype,
         name='prior_conv',
       )
     super().__init__(network, num_channels, dtype=dtype, validate_args=validate_args, name=name)

@@ -9,11 +9,12 @@ from glow_tf import configs
 from glow_tf.configs import option
 from glow_tf.errors import ConfigError
 
-__all__ = ['COUPLINGS', 'DTYPES', 'PERMUTATIONS', 'GlowConfig']
+__all__ = ['COUPLINGS', 'DTYPES', 'PERMUTATIONS', 'PRECISIONS', 'GlowConfig']
 
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv1x1', 'conv1x1_plain', 'shuffle', 'reverse')
 DTYPES = ('float32', 'float64')
+PRECISIONS = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,8 @@ class GlowConfig:
     num_classes: if set, the top prior is class-conditional (TFP conditional
       kwargs `{'top_prior': {'label': y}}`).
     dtype: 'float32' or 'float64'.
+    precision: 'float32', or 'bfloat16' for the coupling and split-prior networks'
+      convolutions (mixed precision; everything else stays float32).
     seed: seeds the random rotations, shuffles and network weights.
   """
 
@@ -63,6 +66,13 @@ class GlowConfig:
     None, 'Classes of a class-conditional top prior (None: unconditional).', minimum=2
   )
   dtype: str = option('float32', 'Float type of weights and computations.', choices=DTYPES)
+  precision: str = option(
+    'float32',
+    "Compute type of the coupling and split-prior networks' convolutions and hidden "
+    'activations; variables, log-dets, ActNorm, 1x1 convolutions, priors and the loss '
+    'stay in float32. bfloat16 needs dtype float32.',
+    choices=PRECISIONS,
+  )
   seed: int = option(
     0,
     'Seeds the random rotations, shuffles and network weights.',
@@ -82,6 +92,10 @@ class GlowConfig:
         )
       object.__setattr__(self, 'image_shape', shape)
     configs.validate(self)
+    if self.precision != 'float32' and self.dtype != 'float32':
+      raise ConfigError(
+        f'precision {self.precision} computes beside float32 variables; got dtype={self.dtype!r}.'
+      )
     multiple = 2**self.levels
     if self.image_shape is not None and (
       self.image_shape[0] % multiple or self.image_shape[1] % multiple

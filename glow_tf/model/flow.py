@@ -91,10 +91,12 @@ def _permutation(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector
 
 def _coupling(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
   kept = channels // 2
+  outputs = 2 * (channels - kept) if config.coupling == 'affine' else channels - kept
+  network = nn.CouplingNetwork(
+    kept, outputs, config.width, seed=seed, dtype=dtype, compute_dtype=config.precision
+  )
   if config.coupling == 'affine':
-    network = nn.CouplingNetwork(kept, 2 * (channels - kept), config.width, seed=seed, dtype=dtype)
     return gb.AffineCoupling(network, channels, dtype=dtype, name='coupling')
-  network = nn.CouplingNetwork(kept, channels - kept, config.width, seed=seed, dtype=dtype)
   return gb.AdditiveCoupling(network, channels, dtype=dtype, name='coupling')
 
 
@@ -141,7 +143,7 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
           step_index += 1
         levels.append(gb.FlowChain(steps[::-1] + [squeeze], name=f'level_{level}'))
         if level < config.levels - 1:
-          split_priors.append(gb.SplitPrior(channels, dtype=dtype))
+          split_priors.append(gb.SplitPrior(channels, dtype=dtype, compute_dtype=config.precision))
           channels //= 2
     encoder = gb.MultiScaleFlow(
       levels, split_priors, config.image_shape, dtype=dtype, compile_steps=config.compile_steps

@@ -29,6 +29,7 @@ import glow_tf
 from glow_tf import configs
 from glow_tf.configs import option
 from glow_tf.errors import ConfigError
+from glow_tf.model.config import PRECISIONS
 from glow_tf.training import data, optim
 from glow_tf.training.config import TrainConfig
 from glow_tf.training.loss import Loss
@@ -46,6 +47,7 @@ MEASURES = (
   'flops',
   'mirrored',
   'depth',
+  'precision',
 )
 MODELS = ('glow_tf', 'tfb_glow')
 XLA_MODES = {'off': [False], 'on': [True], 'both': [False, True]}
@@ -112,6 +114,7 @@ TARGETS = {  # name: (description, threshold, higher is better)
   'recompute_flat': ('recompute step memory beyond the gradients at 2K vs K', 1.05),
   'memory_measure': ('step memory measured vs analytic', 0.75),
   'resume': ('resume at K: restore and first step (s)', 10.0),
+  'bfloat16_train': ('bfloat16 training throughput vs float32', 1.4),
 }
 FIRST_STEP_TARGETS = {8: 5.0, 32: 8.0}  # Seconds, by K (issue 18).
 LOWER_IS_BETTER = (
@@ -209,6 +212,7 @@ def _build(spec, x):
         levels=shape.levels,
         depth=shape.depth,
         width=shape.width,
+        precision=spec.get('precision', 'float32'),
       )
     )
     glow_tf.initialize(flow, x)
@@ -373,8 +377,9 @@ def run_worker(spec):
   repeats, steps = spec['repeats'], spec['steps']
   if spec['kind'] == 'peak':
     side = shape.image_size // 2
-    x = tf.random.normal([shape.batch_size, side, side, shape.width])
-    kernel = tf.random.normal([3, 3, shape.width, shape.width])
+    dtype = spec.get('precision', 'float32')
+    x = tf.random.normal([shape.batch_size, side, side, shape.width], dtype=dtype)
+    kernel = tf.random.normal([3, 3, shape.width, shape.width], dtype=dtype)
     conv = tf.function(lambda: tf.nn.conv2d(x, kernel, 1, 'SAME'))
     _block(conv())
     flops = 2 * 9 * shape.width**2 * shape.batch_size * side * side
@@ -581,10 +586,62 @@ def collect(
       figures[('memory', model)] = spawn(dict(base, kind='memory', model=model), low_memory)
   if 'depth' in measures:
     figures.update(_collect_depth(shape, memory_depth, repeats, steps, log))
+  if 'precision' in measures:
+    for precision in PRECISIONS:
+      log(f'measuring glow_tf in {precision} ...')
+      figures[('precision', precision)] = spawn(
+        dict(base, kind='model', model='glow_tf', precision=precision)
+      )
+      figures[('peak', precision)] = spawn(dict(base, kind='peak', precision=precision))
   if 'mirrored' in measures:
     log(f'measuring mirrored over {mirrored_devices} logical CPUs ...')
     figures['mirrored'] = spawn(dict(base, kind='mirrored', cpu_devices=mirrored_devices))
   return figures
+
+
+def _precision_rows(shape: Shape, figures, pairs, checks) -> None:
+  """float32 against bfloat16 (the networks' convolutions), same run; appends to `pairs`."""
+  full, low = figures.get(('precision', 'float32'), {}), figures.get(('precision', 'bfloat16'), {})
+  for key, label in (
+    ('train_img_s', 'training step, img/s'),
+    ('log_prob_img_s', 'log_prob, img/s'),
+    ('sample_img_s', f'sampling at T={TEMPERATURE}, img/s'),
+  ):
+    if key in full and key in low:
+      ratio = median(low[key]) / median(full[key])
+      pairs.append(
+        (
+          f'--precision=bfloat16 (vs float32): {label}',
+          spread(full[key]),
+          spread(low[key]),
+          f'{ratio:.2f}x',
+        )
+      )
+      if key == 'train_img_s':
+        checks.append(('bfloat16_train', '', ratio))
+  step_flops = 3 * forward_flops(shape)
+  peaks = [figures.get(('peak', p), {}) for p in PRECISIONS]
+  if all('conv_peak_gflops' in p for p in peaks):
+    pairs.append(
+      (
+        'conv peak (3x3, width->width), GFLOP/s',
+        *(spread(p['conv_peak_gflops']) for p in peaks),
+        f'{median(peaks[1]["conv_peak_gflops"]) / median(peaks[0]["conv_peak_gflops"]):.2f}x',
+      )
+    )
+    if 'train_img_s' in full and 'train_img_s' in low:
+      rates = [
+        step_flops / (shape.batch_size / median(run['train_img_s'])) / 1e9 for run in (full, low)
+      ]
+      shares = [r / median(p['conv_peak_gflops']) for r, p in zip(rates, peaks)]
+      pairs.append(
+        (
+          "training FLOP rate, GFLOP/s (of its precision's conv peak)",
+          f'{rates[0]:.1f} ({shares[0]:.0%})',
+          f'{rates[1]:.1f} ({shares[1]:.0%})',
+          '',
+        )
+      )
 
 
 def _depth_table(shape: Shape, figures, checks) -> list[str]:
@@ -743,24 +800,8 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
     ]
     rows.append(('peak RSS in training steps, MiB (of it, added by the step)', *cells, ''))
   pairs = []  # Second table: one model, without / with a feature.
-  plain, recomputed = figures.get(('recompute', False)), figures.get(('recompute', True))
-  if plain and recomputed and 'step_mib' in plain and 'step_mib' in recomputed:
-    depth = figures['memory_depth']
-    for label, key in (
-      ('peak RSS in training steps, MiB', 'peak_rss_mib'),
-      ('of it, added by the step, MiB', 'step_mib'),
-      ('time to first step, s', 'first_step_s'),
-    ):
-      pairs.append(
-        (
-          f'--recompute at K={depth}: {label}',
-          f'{plain[key]:.0f}',
-          f'{recomputed[key]:.0f}',
-          f'{recomputed[key] / plain[key]:.2f}x',
-        )
-      )
-    checks.append(('recompute_memory', '', recomputed['step_mib'] / plain['step_mib']))
   depth_lines = _depth_table(shape, figures, checks)
+  _precision_rows(shape, figures, pairs, checks)
   mirrored = figures.get('mirrored')
   if mirrored and 'mirrored_img_s' in mirrored:
     ratio = median(mirrored['mirrored_img_s']) / median(mirrored['one_device_img_s'])

@@ -76,6 +76,10 @@ def test_report_computes_ratios_and_judges_targets():
     ),
     ('trainer', 64, True, True): dict(first_step_s=12.0, step_mib=271.0, params=63045632),
     ('resume', 32): dict(first_step_s=9.0),
+    ('precision', 'float32'): dict(train_img_s=[20.0], log_prob_img_s=[60.0], sample_img_s=[50.0]),
+    ('precision', 'bfloat16'): dict(train_img_s=[26.0], log_prob_img_s=[90.0], sample_img_s=[80.0]),
+    ('peak', 'float32'): dict(conv_peak_gflops=[100.0]),
+    ('peak', 'bfloat16'): dict(conv_peak_gflops=[190.0]),
     'memory_depth': 32,
     'mirrored': dict(one_device_img_s=[20.0], mirrored_img_s=[17.0], devices=2),
   }
@@ -107,6 +111,10 @@ def test_report_computes_ratios_and_judges_targets():
   row = '| 32 | compiled steps, --recompute | 7.5 (1.0 + 2.0 + 4.5) | 3.5 (3.5-3.5) | 150 |'
   assert f'{row} 133 (120 gradients) |' in text
   assert verdicts['mirrored (N CPUs) vs one device >= 0.90'] == 'no'  # 0.85
+  assert verdicts['bfloat16 training throughput vs float32 >= 1.40'] == 'no'  # 1.30
+  assert '| --precision=bfloat16 (vs float32): log_prob, img/s | 60.0 (60.0-60.0) |' in text
+  # 3 x 21.23 GFLOP per 16 images at 20 and 26 img/s: 79.6 and 103.5 GFLOP/s.
+  assert "(of its precision's conv peak) | 79.6 (80%) | 103.5 (54%) |" in text
   assert 'Command: `python -m glow_tf.benchmark`' in text and 'test cpu, 2 cores' in text
 
 

@@ -520,3 +520,26 @@ def test_compiled_steps_train_as_the_per_layer_path(
   for v_a, v_b in zip(per_layer.variables, compiled.variables):
     v_b = compiled.strategy.experimental_local_results(v_b)[0]
     np.testing.assert_allclose(v_a.numpy(), v_b.numpy(), rtol=1e-4, atol=1e-5, err_msg=v_a.name)
+
+
+def test_a_run_resumes_across_precisions(tmp_path, digits):
+  run = tmp_path / 'run'
+  full = make_trainer(TINY, run, digits)
+  iterator = full.train_iterator()
+  for _ in range(2):
+    full.train_step(iterator)
+  full.save()
+  low = make_trainer(TINY.replace(precision='bfloat16'), run, digits)
+  assert int(low.step.numpy()) == 2
+  for a, b in zip(full.variables, low.variables):
+    assert b.dtype == tf.float32  # Master weights stay float32 in bfloat16.
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  iterator = low.train_iterator()
+  metrics = [low.train_step(iterator) for _ in range(3)]
+  assert all(np.isfinite(m['loss']) for m in metrics)
+  assert int(low.nonfinite_total.numpy()) == 0
+  low.save()
+  again = make_trainer(TINY, run, digits)
+  assert int(again.step.numpy()) == 5
+  for a, b in zip(low.variables, again.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
