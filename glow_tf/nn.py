@@ -12,6 +12,8 @@ from collections.abc import Callable
 import tensorflow as tf
 from tensorflow_probability.python.internal import prefer_static as ps
 
+from glow_tf.tracing import ThreadFlag
+
 __all__ = [
   'ActNormLayer',
   'ClassifierHead',
@@ -28,7 +30,7 @@ __all__ = [
 # Official Glow multiplies zero-initialised outputs by exp(3 * logs).
 LOGSCALE_FACTOR = 3.0
 
-_ddi = threading.local()
+_ddi = ThreadFlag()
 _stand_ins = threading.local()
 
 
@@ -74,17 +76,13 @@ def data_dependent_init():
       'ActNorm data-dependent initialisation runs eagerly; got a call '
       'inside tf.function or a graph. Call glow_tf.initialize outside it.'
     )
-  previous = getattr(_ddi, 'active', False)
-  _ddi.active = True
-  try:
+  with _ddi.on():
     yield
-  finally:
-    _ddi.active = previous
 
 
 def initializing() -> bool:
   """Whether ActNorms initialise on their inputs now (inside `data_dependent_init`)."""
-  return getattr(_ddi, 'active', False)
+  return bool(_ddi)
 
 
 def apply_to_images(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:

@@ -9,11 +9,33 @@ their caller (`_noinline`), or the graph handed to TensorFlow would again hold K
 copies.
 """
 
+import contextlib
+import threading
 from collections.abc import Callable
 
 import tensorflow as tf
 
-__all__ = ['SharedTrace']
+__all__ = ['SharedTrace', 'ThreadFlag']
+
+
+class ThreadFlag:
+  """A flag that is on within `with flag.on():` on this thread, and off elsewhere."""
+
+  def __init__(self):
+    self._local = threading.local()
+
+  def __bool__(self) -> bool:
+    return getattr(self._local, 'on', False)
+
+  @contextlib.contextmanager
+  def on(self):
+    previous = bool(self)
+    self._local.on = True
+    try:
+      yield
+    finally:
+      self._local.on = previous
+
 
 _NOT_INLINED = {'_noinline': True}
 

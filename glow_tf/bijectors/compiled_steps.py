@@ -12,15 +12,13 @@ The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
 """
 
-import contextlib
-import threading
 import weakref
 
 import tensorflow as tf
 
 from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
-from glow_tf.tracing import SharedTrace
+from glow_tf.tracing import SharedTrace, ThreadFlag
 
 __all__ = ['CompiledSteps', 'per_layer']
 
@@ -155,27 +153,21 @@ class CompiledSteps:
 
 
 _CACHE = weakref.WeakKeyDictionary()
-_per_layer = threading.local()
+_per_layer = ThreadFlag()
 
 
-@contextlib.contextmanager
 def per_layer():
   """Within this context, flows trace layer by layer: one graph with no function calls.
 
   For converters that need every op inline (TFLite has no call to a function
   kept out of line); the values are the same.
   """
-  previous = getattr(_per_layer, 'active', False)
-  _per_layer.active = True
-  try:
-    yield
-  finally:
-    _per_layer.active = previous
+  return _per_layer.on()
 
 
 def per_layer_active() -> bool:
   """Whether a `per_layer()` context is open on this thread."""
-  return getattr(_per_layer, 'active', False)
+  return bool(_per_layer)
 
 
 def compiled_steps(owner, index: int, steps) -> CompiledSteps | None:

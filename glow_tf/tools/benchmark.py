@@ -511,47 +511,31 @@ def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> di
   a resume at `deep`. Keys: ('trainer', K, recompute, compiled) and ('resume', K)."""
   figures = {}
   with tempfile.TemporaryDirectory() as scratch:
+
+    def run(depth, recompute, compiled, **extra):
+      directory = os.path.join(scratch, f'k{depth}-{recompute}-{compiled}')
+      spec = dict(
+        shape=dict(dataclasses.asdict(shape), depth=depth),
+        kind='trainer',
+        recompute=recompute,
+        compile_steps=compiled,
+        repeats=repeats,
+        steps=steps,
+        model_dir=directory,
+      )
+      return spawn({**spec, **extra})
+
     for depth in sorted({shape.depth, deep}):
       for recompute, compiled in ((False, True), (True, True), (False, False)):
         log(f'measuring the Trainer at K={depth}, recompute={recompute}, compiled={compiled} ...')
-        save = depth == deep and compiled and not recompute
-        figures[('trainer', depth, recompute, compiled)] = spawn(
-          dict(
-            shape=dict(dataclasses.asdict(shape), depth=depth),
-            kind='trainer',
-            recompute=recompute,
-            compile_steps=compiled,
-            repeats=repeats,
-            steps=steps,
-            model_dir=os.path.join(scratch, f'k{depth}-{recompute}-{compiled}'),
-            save=save,
-          )
+        save = depth == deep and compiled and not recompute  # The resume below restores it.
+        figures[('trainer', depth, recompute, compiled)] = run(
+          depth, recompute, compiled, save=save
         )
     log(f'measuring --recompute memory at K={2 * deep} ...')
-    figures[('trainer', 2 * deep, True, True)] = spawn(
-      dict(
-        shape=dict(dataclasses.asdict(shape), depth=2 * deep),
-        kind='trainer',
-        recompute=True,
-        compile_steps=True,
-        repeats=0,
-        steps=1,
-        model_dir=os.path.join(scratch, f'k{2 * deep}'),
-      )
-    )
+    figures[('trainer', 2 * deep, True, True)] = run(2 * deep, True, True, repeats=0)
     log(f'measuring a resume at K={deep} ...')
-    figures[('resume', deep)] = spawn(
-      dict(
-        shape=dict(dataclasses.asdict(shape), depth=deep),
-        kind='trainer',
-        recompute=False,
-        compile_steps=True,
-        repeats=0,
-        steps=1,
-        model_dir=os.path.join(scratch, f'k{deep}-False-True'),
-        resume=True,
-      )
-    )
+    figures[('resume', deep)] = run(deep, False, True, repeats=0, resume=True)
   figures['memory_depth'] = deep
   return figures
 
