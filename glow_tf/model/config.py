@@ -106,6 +106,11 @@ class GlowConfig:
       )
 
   @property
+  def compute_dtype(self) -> str:
+    """The networks' compute type: `precision`, or `dtype` itself at full precision."""
+    return self.dtype if self.precision == 'float32' else self.precision
+
+  @property
   def num_dims(self) -> int:
     """D = H * W * C."""
     if self.image_shape is None:

@@ -93,7 +93,7 @@ def _coupling(config: GlowConfig, channels: int, seed, dtype) -> tfb.Bijector:
   kept = channels // 2
   outputs = 2 * (channels - kept) if config.coupling == 'affine' else channels - kept
   network = nn.CouplingNetwork(
-    kept, outputs, config.width, seed=seed, dtype=dtype, compute_dtype=config.precision
+    kept, outputs, config.width, seed=seed, dtype=dtype, compute_dtype=config.compute_dtype
   )
   if config.coupling == 'affine':
     return gb.AffineCoupling(network, channels, dtype=dtype, name='coupling')
@@ -143,7 +143,9 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
           step_index += 1
         levels.append(gb.FlowChain(steps[::-1] + [squeeze], name=f'level_{level}'))
         if level < config.levels - 1:
-          split_priors.append(gb.SplitPrior(channels, dtype=dtype, compute_dtype=config.precision))
+          split_priors.append(
+            gb.SplitPrior(channels, dtype=dtype, compute_dtype=config.compute_dtype)
+          )
           channels //= 2
     encoder = gb.MultiScaleFlow(
       levels, split_priors, config.image_shape, dtype=dtype, compile_steps=config.compile_steps
