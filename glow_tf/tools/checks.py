@@ -63,8 +63,14 @@ class Figure:
 
 
 def _float64_copy(run: runs.Run):
-  """The run's flow rebuilt in float64 with the same weights, for exact Jacobians."""
-  flow = glow_tf.build_glow(dataclasses.replace(run.model_config, dtype='float64'))
+  """The run's flow rebuilt in float64 with the same weights, for exact Jacobians.
+
+  At full precision: a bfloat16 run's networks are checked as float64 too (the
+  round trip checks the run's own precision).
+  """
+  flow = glow_tf.build_glow(
+    dataclasses.replace(run.model_config, dtype='float64', precision='float32')
+  )
   for target, source in zip(flow.variables, run.flow.variables):
     target.assign(tf.cast(source, target.dtype))
   return flow

@@ -57,6 +57,10 @@ class Run:
 def load_run(model_dir: str, averaged: bool = True) -> Run:
   """Rebuilds the model of `model_dir` and restores its latest checkpoint.
 
+  The model is built at full precision (`GlowConfig.precision='float32'`) whatever
+  the run trained in: checkpoints do not depend on it, and exports, samples and
+  checks then invert exactly.
+
   Args:
     model_dir: a directory written by `glow_tf.train`.
     averaged: use the Polyak (EMA) averages, as evaluation does; False: the raw
@@ -76,7 +80,12 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
   if not rundir.has_checkpoint_files(directory):
     raise RunError(f'run {model_dir!r} has no checkpoint yet (nothing in {directory}).')
   config = run_config.train
-  state = TrainState.create(run_config.model, config.optimizer, config.ema_decay)
+  # At full precision whatever the run trained in: the weights are the same, and only
+  # full precision inverts exactly. bfloat16 rounding is discontinuous: a decode's
+  # kept halves, equal to the encode's up to float32 rounding, can round to other
+  # bfloat16 values (max round-trip error 8e-3 on a bfloat16-trained digits model).
+  model_config = run_config.model.replace(precision='float32')
+  state = TrainState.create(model_config, config.optimizer, config.ema_decay)
   checkpoint = state.checkpoint()
   try:
     restored = rundir.restore_newest_intact(
@@ -93,7 +102,7 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     state.flow,
     state.classifier,
     config,
-    run_config.model,
+    model_config,
     run_config.data['num_bins'],
     restored.path,
     int(state.step.numpy()),
