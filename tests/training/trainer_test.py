@@ -543,3 +543,26 @@ def test_a_run_resumes_across_precisions(tmp_path, digits):
   assert int(again.step.numpy()) == 5
   for a, b in zip(low.variables, again.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_graph_optimizer_setting_is_scoped_to_training_calls():
+  assert distribute.graph_optimizer_enabled('on') and not distribute.graph_optimizer_enabled('off')
+  assert distribute.graph_optimizer_enabled('auto') == bool(tf.config.list_physical_devices('GPU'))
+  options = tf.config.optimizer.get_experimental_options
+  before = options().get('disable_meta_optimizer', False)
+  with pytest.raises(ValueError):
+    with distribute.graph_optimizer(enabled=before):  # The opposite of now.
+      assert options()['disable_meta_optimizer'] == (not before)  # Switched inside...
+      raise ValueError
+  assert options().get('disable_meta_optimizer', False) == before  # ...and back after.
+
+
+def test_graph_optimizer_on_and_off_train_alike(tmp_path, digits):
+  trainers = [
+    make_trainer(TINY.replace(graph_optimizer=setting), tmp_path / setting, digits)
+    for setting in ('on', 'off')
+  ]
+  iterators = [t.train_iterator() for t in trainers]
+  for _ in range(2):
+    on, off = (t.train_step(i) for t, i in zip(trainers, iterators))
+    np.testing.assert_allclose(on['loss'], off['loss'], rtol=1e-5)
