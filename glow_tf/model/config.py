@@ -14,7 +14,7 @@ __all__ = ['COUPLINGS', 'DTYPES', 'PERMUTATIONS', 'PRECISIONS', 'GlowConfig']
 COUPLINGS = ('affine', 'additive')
 PERMUTATIONS = ('conv1x1', 'conv1x1_plain', 'shuffle', 'reverse')
 DTYPES = ('float32', 'float64')
-PRECISIONS = ('float32', 'bfloat16')
+PRECISIONS = ('float32', 'bfloat16', 'float16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +38,9 @@ class GlowConfig:
     num_classes: if set, the top prior is class-conditional (TFP conditional
       kwargs `{'top_prior': {'label': y}}`).
     dtype: 'float32' or 'float64'.
-    precision: 'float32', or 'bfloat16' for the coupling and split-prior networks'
-      convolutions (mixed precision; everything else stays float32).
+    precision: 'float32', or 'bfloat16'/'float16' for the coupling and split-prior
+      networks' convolutions (mixed precision; everything else stays float32;
+      training in float16 uses a dynamic loss scale).
     seed: seeds the random rotations, shuffles and network weights.
   """
 
@@ -70,7 +71,8 @@ class GlowConfig:
     'float32',
     "Compute type of the coupling and split-prior networks' convolutions and hidden "
     'activations; variables, log-dets, ActNorm, 1x1 convolutions, priors and the loss '
-    'stay in float32. bfloat16 needs dtype float32.',
+    'stay in float32. float16 trains with a dynamic loss scale (for GPUs without '
+    'bfloat16). Both need dtype float32.',
     choices=PRECISIONS,
   )
   seed: int = option(

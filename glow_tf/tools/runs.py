@@ -86,11 +86,10 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
   # bfloat16 values (max round-trip error 8e-3 on a bfloat16-trained digits model).
   model_config = run_config.model.replace(precision='float32')
   state = TrainState.create(model_config, config.optimizer, config.ema_decay)
-  checkpoint = state.checkpoint()
   try:
     restored = rundir.restore_newest_intact(
       directory,
-      lambda prefix: checkpoint.restore(prefix).assert_existing_objects_matched(),
+      state.restore,
       advice=f'{model_dir!r} cannot be used until one of them is repaired.',
     )
   except ConfigError as e:

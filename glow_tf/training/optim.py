@@ -16,6 +16,7 @@ import tensorflow as tf
 from glow_tf.tracing import SharedTrace
 
 __all__ = [
+  'DynamicLossScale',
   'ExponentialMovingAverage',
   'Optimizer',
   'OPTIMIZERS',
@@ -215,3 +216,34 @@ class ExponentialMovingAverage(tf.Module):
       value = tf.identity(var)
       var.assign(average)
       average.assign(value)
+
+
+class DynamicLossScale(tf.Module):
+  """float16's dynamic loss scale: grow after a run of finite steps, halve on overflow.
+
+  The loss is multiplied by `scale` before its gradient is taken, so that small
+  float16 gradients do not flush to zero, and the gradients are divided by it
+  after. A step whose gradients overflow is skipped (by the caller's finite
+  check) and halves the scale; `growth_interval` finite steps in a row double it.
+  Its state is part of every checkpoint, whatever the precision (it is then
+  unused), so a run resumes across precisions.
+  """
+
+  INITIAL = 2.0**15
+  MAXIMUM = 2.0**24
+
+  def __init__(self, growth_interval: int = 2000, name: str = 'loss_scale'):
+    super().__init__(name=name)
+    self.growth_interval = growth_interval
+    with self.name_scope:
+      self.scale = tf.Variable(self.INITIAL, trainable=False, name='scale')
+      self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name='good_steps')
+
+  def update(self, finite) -> None:
+    """After a step: halve on overflow (not below 1), double after a run of finite steps."""
+    scale = self.scale.read_value()
+    good = tf.where(finite, self.good_steps.read_value() + 1, tf.zeros([], tf.int64))
+    grow = good >= self.growth_interval
+    grown = tf.where(grow, tf.minimum(2.0 * scale, self.MAXIMUM), scale)
+    local_assign(self.scale, tf.where(finite, grown, tf.maximum(0.5 * scale, 1.0)))
+    local_assign(self.good_steps, tf.where(grow, tf.zeros([], tf.int64), good))

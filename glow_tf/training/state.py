@@ -41,6 +41,7 @@ class TrainState:
     step: training steps taken.
     nonfinite_total, nonfinite_streak: non-finite steps in all, and in a row now.
     lr_scale: the learning-rate multiplier non-finite streaks have lowered.
+    loss_scale: float16's dynamic loss scale (kept, unused, in other precisions).
   """
 
   flow: tfd.Distribution
@@ -51,6 +52,7 @@ class TrainState:
   nonfinite_total: tf.Variable
   nonfinite_streak: tf.Variable
   lr_scale: tf.Variable
+  loss_scale: optim.DynamicLossScale
 
   @classmethod
   def create(
@@ -72,6 +74,7 @@ class TrainState:
       nonfinite_total=tf.Variable(0, dtype=tf.int64, trainable=False, name='nonfinite'),
       nonfinite_streak=tf.Variable(0, dtype=tf.int64, trainable=False, name='streak'),
       lr_scale=tf.Variable(1.0, trainable=False, name='lr_scale'),
+      loss_scale=optim.DynamicLossScale(),
     )
 
   @property
@@ -83,14 +86,30 @@ class TrainState:
     """Every variable the checkpoint holds: model, optimiser, averages, counters."""
     modules = [self.flow, self.optimizer, self.ema] + ([self.classifier] if self.classifier else [])
     counters = [self.step, self.nonfinite_total, self.nonfinite_streak, self.lr_scale]
-    return [v for m in modules for v in m.variables] + counters
+    return [v for m in modules for v in m.variables] + counters + list(self.loss_scale.variables)
 
-  def checkpoint(self) -> tf.train.Checkpoint:
-    """The checkpoint layout of a run: every field, by its name (the classifier if any)."""
+  def checkpoint(self, loss_scale: bool = True) -> tf.train.Checkpoint:
+    """The checkpoint layout of a run: every field, by its name (the classifier if any).
+
+    `loss_scale=False`: the layout before the loss scale was kept (to read such
+    checkpoints; `restore` chooses).
+    """
     parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     if parts['classifier'] is None:
       del parts['classifier']
+    if not loss_scale:
+      del parts['loss_scale']
     return tf.train.Checkpoint(**parts)
+
+  def restore(self, prefix: str) -> None:
+    """Restores checkpoint `prefix`; raises if any of this state's objects is not in it.
+
+    A checkpoint written before the loss scale was kept restores everything else;
+    the loss scale keeps its initial value.
+    """
+    names = {name.split('/')[0] for name, _ in tf.train.list_variables(prefix)}
+    checkpoint = self.checkpoint(loss_scale='loss_scale' in names)
+    checkpoint.restore(prefix).assert_existing_objects_matched()
 
   def use_averages(self) -> None:
     """Puts the Polyak averages in place of the trained values (for a finished run)."""

@@ -95,6 +95,9 @@ class Trainer:
     self.checkpoint = self.state.checkpoint()
     self.loss = Loss(source.num_bins, config.class_loss_weight)
     self._grappler = distribute.graph_optimizer_enabled(config.graph_optimizer)
+    # float16 gradients underflow without a loss scale; other precisions never use it.
+    self.loss_scaled = self.model_config.precision == 'float16'
+    self.loss_scale = self.state.loss_scale
     self._manager = None
     # autograph=False: glow_tf's code is graph-ready Python (static loops only), and
     # converting it would cost seconds of every trace for nothing.
@@ -133,7 +136,7 @@ class Trainer:
     directory = os.path.join(self.model_dir, rundir.CHECKPOINT_DIR)
     restored = rundir.restore_newest_intact(
       directory,
-      lambda prefix: self.checkpoint.restore(prefix).assert_existing_objects_matched(),
+      self.state.restore,
       advice='If config.json was lost, rerun with the flags this run was started with; '
       'to start over, move the run directory away or use another --model_dir.',
     )
@@ -191,7 +194,8 @@ class Trainer:
     """The label the loss takes: the batch's, for a class-conditional flow; else None."""
     return label if self.classifier is not None else None
 
-  def _grads_and_metrics(self, x, label):
+  def _grads_and_metrics(self, x, label, scale):
+    """Gradients of the mean loss times `scale` (float16's loss scale, else 1)."""
     if self.config.recompute:  # Reversible backward: memory does not grow with depth.
       loss, bpd, grads = reversible.loss_and_gradients(
         self.flow,
@@ -200,12 +204,12 @@ class Trainer:
         self.variables,
         label=self._label(label),
         classifier=self.classifier,
-        loss_scale=1.0 / self.global_batch,
+        loss_scale=scale / self.global_batch,
       )
       return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
     with tf.GradientTape() as tape:
       loss, bpd = self.loss(self.flow, self.classifier, x, self._label(label))
-      scaled = tf.reduce_sum(loss) / self.global_batch
+      scaled = tf.reduce_sum(loss) * (scale / self.global_batch)
     grads = tape.gradient(scaled, self.variables)
     return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
 
@@ -216,7 +220,10 @@ class Trainer:
     return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
   def _replica_train_step(self, x, label):
-    grads, loss_sum, bpd_sum = self._compute_grads(x, label)
+    scale = self.loss_scale.scale.read_value() if self.loss_scaled else tf.constant(1.0)
+    grads, loss_sum, bpd_sum = self._compute_grads(x, label, scale)
+    if self.loss_scaled:
+      grads = [g / scale for g in grads]
     grads = self._all_reduce(grads)
     loss_sum, bpd_sum = self._all_reduce([loss_sum, bpd_sum])
     grads, grad_norm = optim.global_norm_clip(grads, self.config.grad_clip_norm)
@@ -228,6 +235,10 @@ class Trainer:
     optim.local_assign_add(self.step, 1)
     nonfinite = tf.cast(tf.logical_not(finite), tf.int64)
     optim.local_assign_add(self.nonfinite_total, nonfinite)
+    if self.loss_scaled:
+      self.loss_scale.update(finite)
+      # An overflow the loss scale can still halve away is not the model diverging.
+      nonfinite *= tf.cast(scale <= 1.0, tf.int64)
     # Consecutive non-finite steps; every `nonfinite_patience` of them halve the rate.
     streak = (self.nonfinite_streak.read_value() + 1) * nonfinite
     lower = (streak > 0) & (streak % self.config.nonfinite_patience == 0)
@@ -239,6 +250,7 @@ class Trainer:
       grad_norm=grad_norm,
       learning_rate=learning_rate,
       finite=finite,
+      loss_scale=scale,
     )
 
   def _distributed_train_step(self, iterator):
@@ -413,6 +425,12 @@ def _train_loop(trainer: Trainer, writers, start_step: int, received) -> None:
       last_log, last_log_step = time.time(), step
     if metrics['finite']:
       bpd_values.append(float(metrics['bpd']))
+    elif trainer.loss_scaled and float(metrics['loss_scale']) > 1.0:
+      logging.info(
+        'step %d: float16 gradients overflowed at loss scale %g; step skipped, scale halved',
+        step,
+        float(metrics['loss_scale']),
+      )
     else:
       streak = int(trainer.nonfinite_streak.numpy())
       logging.warning(

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from glow_tf import errors, nn
-from glow_tf.training import data, distribute, rundir
+from glow_tf.training import data, distribute, optim, rundir
 from glow_tf.training import trainer as trainer_lib
 from glow_tf.training.config import PRESETS
 from tests.training.data_test import write_folder
@@ -566,3 +566,48 @@ def test_graph_optimizer_on_and_off_train_alike(tmp_path, digits):
   for _ in range(2):
     on, off = (t.train_step(i) for t, i in zip(trainers, iterators))
     np.testing.assert_allclose(on['loss'], off['loss'], rtol=1e-5)
+
+
+def test_float16_trains_with_a_dynamic_loss_scale(tmp_path, digits):
+  trainer = make_trainer(TINY.replace(precision='float16'), tmp_path / 'run', digits)
+  scale = trainer.loss_scale.scale
+  assert float(scale.numpy()) == optim.DynamicLossScale.INITIAL
+  iterator = trainer.train_iterator()
+  metrics = [trainer.train_step(iterator) for _ in range(3)]
+  assert all(m['finite'] for m in metrics), metrics
+  assert int(trainer.loss_scale.good_steps.numpy()) == 3
+
+  # An injected overflow: float16 backward activations beyond 65504.
+  scale.assign(2.0**40)
+  before = values([*trainer.variables, *trainer.optimizer.variables, *trainer.ema.averages])
+  skipped = trainer.train_step(iterator)
+  assert not skipped['finite']
+  assert float(scale.numpy()) == 2.0**39  # Halved...
+  assert int(trainer.loss_scale.good_steps.numpy()) == 0
+  after = values([*trainer.variables, *trainer.optimizer.variables, *trainer.ema.averages])
+  for a, b in zip(before, after):  # ...and nothing else touched, moments and averages included.
+    np.testing.assert_array_equal(a, b)
+  assert int(trainer.nonfinite_total.numpy()) == 1
+  assert int(trainer.nonfinite_streak.numpy()) == 0  # Not a diverging model.
+
+  # A run of finite steps doubles it.
+  scale.assign(2.0**10)
+  trainer.loss_scale.good_steps.assign(trainer.loss_scale.growth_interval - 1)
+  assert trainer.train_step(iterator)['finite']
+  assert float(scale.numpy()) == 2.0**11 and int(trainer.loss_scale.good_steps.numpy()) == 0
+
+
+def test_float16_scale_is_checkpointed_and_a_run_resumes_across_precisions(tmp_path, digits):
+  run = tmp_path / 'run'
+  low = make_trainer(TINY.replace(precision='float16'), run, digits)
+  iterator = low.train_iterator()
+  low.train_step(iterator)
+  low.loss_scale.scale.assign(1024.0)
+  low.save()
+  full = make_trainer(TINY, run, digits)
+  assert int(full.step.numpy()) == 1
+  iterator = full.train_iterator()
+  assert full.train_step(iterator)['loss_scale'] == 1.0  # float32 never scales.
+  full.save()
+  again = make_trainer(TINY.replace(precision='float16'), run, digits)
+  assert int(again.step.numpy()) == 2 and float(again.loss_scale.scale.numpy()) == 1024.0
