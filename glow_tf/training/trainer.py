@@ -482,7 +482,11 @@ def _log_progress(trainer: Trainer, writer, metrics, bpd_values, rate: float) ->
     float(metrics['grad_norm']),
     int(trainer.nonfinite_total.numpy()),
   )
+  if trainer.loss_scaled:
+    logging.info('step %d: float16 loss scale %g', step, float(metrics['loss_scale']))
   with writer.as_default(step=step):
+    if trainer.loss_scaled:
+      tf.summary.scalar('loss_scale', float(metrics['loss_scale']))
     tf.summary.scalar('bits_per_dim', mean_bpd)
     tf.summary.scalar('learning_rate', float(metrics['learning_rate']))
     tf.summary.scalar('grad_norm', float(metrics['grad_norm']))
