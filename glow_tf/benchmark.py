@@ -5,6 +5,11 @@ printed (and written to --output). Every field of
 `glow_tf.tools.benchmark.BenchmarkConfig` is a flag.
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 import json
 import os
 import sys

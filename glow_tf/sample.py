@@ -8,6 +8,11 @@ paper's attribute manipulation; on labelled data the attribute is a class pair,
 field of `glow_tf.tools.figures.FigureRequest` is a flag.
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 from absl import flags, logging
 
 from glow_tf import cli

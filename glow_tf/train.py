@@ -5,6 +5,11 @@ flags left unset take their value from `--preset` (digits, tiny, cifar10_paper).
 Rerunning the same command resumes from the latest checkpoint in --model_dir.
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 import os
 import sys
 
