@@ -21,7 +21,10 @@ from glow_tf.tools import benchmark
 
 FLAGS = flags.FLAGS
 
-cli.define_config_flags(benchmark.BenchmarkConfig, defaults=benchmark.BenchmarkConfig())
+for name in cli.define_config_flags(
+  benchmark.BenchmarkConfig, defaults=benchmark.BenchmarkConfig()
+):
+  flags.declare_key_flag(name)  # Listed by --help, under this command.
 flags.DEFINE_string('output', None, 'Also write the report (markdown) to this file.')
 flags.DEFINE_string('worker', None, 'Internal: run one measurement (JSON spec) and print JSON.')
 

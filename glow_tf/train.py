@@ -1,6 +1,6 @@
 """Trains Glow: `python -m glow_tf.train` (the embedded digits by default).
 
-Every field of `TrainConfig` is a flag (`--helpfull` lists them with their help);
+Every field of `TrainConfig` is a flag (`--help` lists them with their help);
 flags left unset take their value from `--preset` (digits, tiny, cifar10_paper).
 Rerunning the same command resumes from the latest checkpoint in --model_dir.
 """
@@ -36,7 +36,8 @@ flags.DEFINE_integer(
   'Split the CPU into this many logical devices (for --strategy=mirrored without GPUs).',
   lower_bound=1,
 )
-cli.define_config_flags(TrainConfig, skip=NOT_FLAGS)
+for name in cli.define_config_flags(TrainConfig, skip=NOT_FLAGS):
+  flags.declare_key_flag(name)  # Listed by --help, under this command.
 
 
 def train() -> int:
