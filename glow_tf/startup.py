@@ -30,6 +30,8 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
+from absl import logging as absl_logging
+
 __all__ = ['quiet_tensorflow', 'start_up_noise']
 
 LOG_LEVEL_VARIABLE = 'TF_CPP_MIN_LOG_LEVEL'
@@ -93,13 +95,21 @@ def filtered_stderr(is_noise: Callable[[Sequence[bytes]], list[bool]]) -> Iterat
 def quiet_tensorflow() -> None:
   """Imports TensorFlow and lists its devices without the start-up lines described above.
 
-  A user's own `TF_CPP_MIN_LOG_LEVEL` stands: when it is set (`0` shows everything),
-  or TensorFlow is already imported, this does nothing. Otherwise it sets
-  `TF_CPP_MIN_LOG_LEVEL=1` for this process and its children (TensorFlow's C++ INFO
-  lines off; its warnings and errors, and every Python log line, stay), and drops the
-  lines no setting reaches (`start_up_noise`); every other line is written back.
+  Does nothing when TensorFlow is already imported. TensorFlow's Python log lines go
+  through absl's handler only, so each is printed once. A user's own
+  `TF_CPP_MIN_LOG_LEVEL` stands: when it is set (`0` shows everything), that is all.
+  Otherwise it sets `TF_CPP_MIN_LOG_LEVEL=1` for this process and its children
+  (TensorFlow's C++ INFO lines off; its warnings and errors, and every Python log line,
+  stay), and drops the lines no setting reaches (`start_up_noise`); every other line
+  is written back.
   """
-  if LOG_LEVEL_VARIABLE in os.environ or 'tensorflow' in sys.modules:
+  if 'tensorflow' in sys.modules:
+    return
+  # absl's handler on the root logger before TensorFlow makes its logger: TensorFlow
+  # then adds no handler of its own, and each of its Python warnings is printed once
+  # (it was printed twice: 'WARNING:tensorflow:...' and again in absl's format).
+  absl_logging.use_absl_handler()
+  if LOG_LEVEL_VARIABLE in os.environ:
     return
   os.environ[LOG_LEVEL_VARIABLE] = '1'
   with filtered_stderr(start_up_noise):

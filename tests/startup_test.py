@@ -99,3 +99,17 @@ def test_a_training_run_starts_quietly_unless_the_user_sets_the_log_level(tmp_pa
   loud = run([*args, f'--model_dir={tmp_path / "loud"}'], level='0')
   assert loud.returncode == 0, loud.stderr[-3000:]
   assert [line for line in START_UP if line in loud.stderr], loud.stderr
+
+
+@pytest.mark.slow
+def test_tensorflow_python_warnings_are_printed_once_in_a_command():
+  script = (
+    'from glow_tf import startup\n'
+    'startup.quiet_tensorflow()\n'
+    'import tensorflow as tf\n'
+    'from absl import app\n'
+    "app.run(lambda argv: tf.get_logger().warning('probe from tensorflow'))\n"
+  )
+  result = run(['-c', script], level='2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count('probe from tensorflow') == 1, result.stderr
