@@ -5,6 +5,11 @@ printed (and written to --output). Every field of
 `glow_tf.tools.benchmark.BenchmarkConfig` is a flag.
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 import json
 import os
 import sys
@@ -16,7 +21,10 @@ from glow_tf.tools import benchmark
 
 FLAGS = flags.FLAGS
 
-cli.define_config_flags(benchmark.BenchmarkConfig, defaults=benchmark.BenchmarkConfig())
+for name in cli.define_config_flags(
+  benchmark.BenchmarkConfig, defaults=benchmark.BenchmarkConfig()
+):
+  flags.declare_key_flag(name)  # Listed by --help, under this command.
 flags.DEFINE_string('output', None, 'Also write the report (markdown) to this file.')
 flags.DEFINE_string('worker', None, 'Internal: run one measurement (JSON spec) and print JSON.')
 

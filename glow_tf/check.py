@@ -8,6 +8,11 @@ Exit status 1 when any figure is outside its tolerance (the failing checks are
 listed), 0 otherwise; 2 for a user error. `--json` prints every figure for scripts.
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 import json
 
 from absl import flags, logging

@@ -162,7 +162,7 @@ def parse_flags(
     try:
       rest = flag_values(argv)
     except flags.Error as e:
-      fail(command, f'{e} (see --helpfull).')
+      fail(command, f'{e} (see --help).')
     if len(rest) > 1:
       fail(command, f'unexpected arguments: {" ".join(rest[1:])}; every option is a --flag.')
     return rest

@@ -5,6 +5,11 @@ serving_default/log_prob, log_prob_float, sample, encode and decode; it loads wi
 TensorFlow alone (see glow_tf/tools/serving.py for the exact preprocessing).
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 from absl import flags, logging
 
 from glow_tf import cli

@@ -8,6 +8,11 @@ paper's attribute manipulation; on labelled data the attribute is a class pair,
 field of `glow_tf.tools.figures.FigureRequest` is a flag.
 """
 
+from glow_tf import startup
+
+if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
+  startup.quiet_tensorflow()
+
 from absl import flags, logging
 
 from glow_tf import cli
@@ -19,7 +24,8 @@ flags.DEFINE_string('model_dir', None, 'Run directory written by glow_tf.train.'
 flags.DEFINE_string('output_dir', None, 'Where PNGs go. Default: <model_dir>/figures.')
 flags.DEFINE_bool('averaged', True, 'Use the Polyak-averaged weights (as evaluation does).')
 flags.mark_flag_as_required('model_dir')
-cli.define_config_flags(figures.FigureRequest, defaults=figures.FigureRequest())
+for name in cli.define_config_flags(figures.FigureRequest, defaults=figures.FigureRequest()):
+  flags.declare_key_flag(name)  # Listed by --help, under this command.
 
 
 def sample() -> None:

@@ -67,3 +67,19 @@ def test_every_command_uses_the_one_line_flag_errors(command, args, message):
   )
   lines = user_lines(result.stderr)
   assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  'command, flag',
+  [('train', '--width:'), ('sample', '--temperatures:'), ('benchmark', '--batch_size:')],
+)
+def test_help_lists_the_config_flags_of_the_command(command, flag):
+  result = subprocess.run(
+    [sys.executable, '-m', f'glow_tf.{command}', '--help'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+  )
+  assert flag in result.stdout.split('absl.app:')[0], result.stdout

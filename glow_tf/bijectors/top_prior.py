@@ -155,8 +155,14 @@ class TopPrior(FlowBijector):
 
   def _flat(self, per_channel):
     """`[..., c]` -> `[..., D]`: zeros for the factored-out levels, then tiled over h*w."""
-    height, width, _ = self._top_shape
-    tiled = tf.tile(per_channel, [1] * (per_channel.shape.rank - 1) + [height * width])
+    height, width, channels = self._top_shape
+    # Broadcast rather than tf.tile: the same values, and a gradient without Tile's
+    # int32 transpose, which TF 2.21's oneDNN logs as an error line on AVX-512 CPUs.
+    batch_shape = tf.shape(per_channel)[:-1]
+    hw_c = tf.broadcast_to(
+      per_channel[..., tf.newaxis, :], tf.concat([batch_shape, [height * width, channels]], 0)
+    )
+    tiled = tf.reshape(hw_c, tf.concat([batch_shape, [height * width * channels]], 0))
     leading = self._latent_size - int(np.prod(self._top_shape))
     padding = [[0, 0]] * (per_channel.shape.rank - 1) + [[leading, 0]]
     return tf.pad(tiled, padding)

@@ -43,13 +43,16 @@ class GlowServing(tf.Module):
     self._image_shape = tuple(model_config.image_shape)
     self._num_dims = model_config.num_dims
     self._conditional = model_config.num_classes is not None
+    self._dtype = tf.as_dtype(model_config.dtype)
     self._latent_shapes = flow.multiscale.latent_shapes
-    images = tf.TensorSpec([None, None, None, None], tf.uint8, name='images')
-    floats = tf.TensorSpec([None, None, None, None], tf.float32, name='x')
+    # Every image and latent input is declared [None, ...its shape], so a client
+    # (saved_model_cli show, TF Serving's metadata) sees what to send.
+    images = tf.TensorSpec([None, *self._image_shape], tf.uint8, name='images')
+    floats = tf.TensorSpec([None, *self._image_shape], self._dtype, name='x')
     label = [tf.TensorSpec([None], tf.int32, name='label')] if self._conditional else []
     latents = [
-      tf.TensorSpec([None, None, None, None], tf.float32, name=f'z_{i}')
-      for i in range(len(self._latent_shapes))
+      tf.TensorSpec([None, *shape], self._dtype, name=f'z_{i}')
+      for i, shape in enumerate(self._latent_shapes)
     ]
     sample_spec = [
       tf.TensorSpec([], tf.int32, name='num_samples'),

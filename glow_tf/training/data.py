@@ -583,7 +583,11 @@ def eval_dataset(
   weights = tf.data.Dataset.from_tensor_slices(np.arange(padded) < source.num_test).map(
     lambda w: tf.cast(w, tf.float32)
   )
-  examples = source.test.cache().repeat().take(padded)
+  # No cache: each evaluation builds this dataset anew, so a cache would be filled and
+  # dropped every time, and a reader that takes one batch (the health figures) would
+  # leave it partly filled, which tf.data reports with a warning. The padding reads
+  # the first `padded - num_test` images once more; their weight is 0.
+  examples = source.test.repeat().take(padded)
   batches = tf.data.Dataset.zip(
     (
       tf.data.Dataset.range(padded // global_batch),

@@ -148,6 +148,31 @@ def test_log_prob_of_uint8_is_training_bpd_at_bin_centres(exported):
   np.testing.assert_allclose(out['bits_per_dim'], expected_bpd, rtol=1e-5)
 
 
+def test_signatures_declare_every_image_and_latent_shape(exported):
+  _, export_dir, facts = exported
+  signatures = tf.saved_model.load(export_dir).signatures
+  image = [None, *facts['image_shape']]
+  expected = {
+    'serving_default': {'images': (image, tf.uint8)},
+    'log_prob': {'images': (image, tf.uint8)},
+    'encode': {'images': (image, tf.uint8)},
+    'log_prob_float': {'x': (image, tf.float32)},
+    'decode': {
+      f'z_{i}': ([None, *shape], tf.float32) for i, shape in enumerate(facts['latent_shapes'])
+    },
+    'sample': {
+      'num_samples': ([], tf.int32),
+      'temperature': ([], tf.float32),
+      'seed': ([], tf.int64),
+    },
+  }
+  for name, specs in expected.items():
+    if facts['num_classes']:
+      specs['label'] = ([None], tf.int32)
+    _, declared = signatures[name].structured_input_signature
+    assert {k: (v.shape.as_list(), v.dtype) for k, v in declared.items()} == specs, name
+
+
 @pytest.mark.parametrize('shape', [(2, 8, 8, 3), (2, 16, 16, 1), (8, 8, 1)])
 def test_wrong_image_shape_is_a_clear_invalid_argument_error(exported, shape):
   run_dir, export_dir, _ = exported

@@ -95,6 +95,16 @@ def test_eval_dataset_pads_with_zero_weights_and_fixed_noise():
   np.testing.assert_array_equal(batches[0][0], again[0][0])
 
 
+def test_eval_dataset_is_the_test_split_in_order_then_its_first_images_as_padding():
+  source = data.load('digits')
+  (_, _), (images, labels) = data.digits_arrays()
+  batches = take(data.eval_dataset(source, 128, seed=0), 10)
+  x = np.concatenate([b[0] for b in batches])
+  order = np.r_[np.arange(300), np.arange(84)]  # 300 test images, then 84 padding slots
+  np.testing.assert_array_equal(np.floor((x + 0.5) * source.num_bins), images[order])
+  np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), labels[order])
+
+
 def test_tfds_by_name_offline_with_mock_data():
   with tfds.testing.mock_data(num_examples=12):
     source = data.load('mnist', n_bits=5)

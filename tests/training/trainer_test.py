@@ -5,6 +5,9 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -56,6 +59,43 @@ def test_tiny_preset_trains_writes_its_run_and_test_bpd_decreases(tmp_path, digi
     assert json.load(f)['test_bits_per_dim'] == pytest.approx(results['test_bits_per_dim'])
   png = tf.io.decode_png(tf.io.read_file(os.path.join(run, 'samples.png')))
   assert png.shape[0] > 64 and png.shape[1] > 64
+
+
+@pytest.mark.slow
+def test_evaluating_a_digits_run_reads_no_cache_partially(tmp_path):
+  """No `The calling iterator did not fully read the dataset being cached` at evaluations.
+
+  That warning is TensorFlow's C++ logging (level W, on fd 2), which this test session
+  hides (conftest): a fresh interpreter logging every level shows it. A partial read
+  of a cached dataset first shows that the warning would be seen.
+  """
+  script = textwrap.dedent(
+    f"""
+    import sys
+    import tensorflow as tf
+    from glow_tf.training import trainer
+    from glow_tf.training.config import PRESETS
+    for _ in tf.data.Dataset.range(4).cache().take(1):
+      pass
+    print('control done', file=sys.stderr, flush=True)
+    results = trainer.train_and_evaluate(
+      PRESETS['tiny'].replace(train_steps=2), {str(tmp_path / 'run')!r}
+    )
+    print(results['test_bits_per_dim'])
+    """
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', script],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '0'},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  control, evaluation = result.stderr.split('control done')
+  warning = 'did not fully read the dataset being cached'
+  assert warning in control
+  assert float(result.stdout) > 0 and warning not in evaluation, evaluation[-3000:]
 
 
 def test_tiny_model_parameter_count(tmp_path, digits):
