@@ -1,6 +1,7 @@
 """Benchmarks glow_tf against tfp.bijectors.Glow at the same architecture.
 
-Run: `python -m glow_tf.benchmark` (or bin/glow_benchmark).
+Run: `python -m glow_tf.benchmark` (or bin/glow_benchmark). The input pipeline at
+scale is measured with `--measures=data` (see `glow_tf.tools.data_benchmark`).
 
 Every measurement runs in a fresh subprocess (so one model's graphs, caches and
 memory never affect another's); this process collects them and prints one
@@ -28,12 +29,13 @@ import glow_tf
 from glow_tf import configs
 from glow_tf.configs import option
 from glow_tf.errors import ConfigError
+from glow_tf.tools import data_benchmark
 from glow_tf.training import optim, reversible
 from glow_tf.training.loss import Loss
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
-MEASURES = (
+MODEL_MEASURES = (
   'train',
   'first_step',
   'log_prob',
@@ -44,6 +46,7 @@ MEASURES = (
   'mirrored',
   'recompute',
 )
+MEASURES = (*MODEL_MEASURES, 'data')  # 'data' writes datasets to disk: asked for by name.
 MODELS = ('glow_tf', 'tfb_glow')
 XLA_MODES = {'off': [False], 'on': [True], 'both': [False, True]}
 
@@ -60,8 +63,8 @@ class BenchmarkConfig:
   batch_size: int = option(16, 'Images per step.', minimum=1)
   xla: str = option('off', 'XLA for the training step.', choices=tuple(XLA_MODES))
   measures: tuple[str, ...] = option(
-    MEASURES,
-    f'Which of {",".join(MEASURES)}.',
+    MODEL_MEASURES,
+    f'Which of {",".join(MEASURES)} (data: the input pipeline at scale, not by default).',
     check=lambda ms: len(ms) > 0 and set(ms) <= set(MEASURES),
     expected=f'some of {list(MEASURES)}',
   )
@@ -75,6 +78,17 @@ class BenchmarkConfig:
   steps: int = option(3, 'Steps per timed repeat.', minimum=1)
   memory_depth: int = option(32, 'K of the recompute memory comparison.', minimum=1)
   mirrored_devices: int = option(2, 'Logical CPU devices for the mirrored ratio.', minimum=2)
+  data_sizes: tuple[int, ...] = option(
+    (30_000, 300_000),
+    'Training images of the synthetic datasets the data measure writes and reads.',
+    check=lambda sizes: len(sizes) > 0 and all(s >= 1000 for s in sizes),
+    expected='one or more sizes >= 1000',
+  )
+  data_batch: int = option(64, 'Global batch of the data measure.', minimum=1)
+  data_batches: int = option(1000, 'Batches iterated for peak RSS and img/s.', minimum=2)
+  data_root: str = option(
+    '/tmp/glow_tf_data_benchmark', 'Where the data measure writes its datasets (kept).'
+  )
 
   def __post_init__(self):
     configs.validate(self)
@@ -247,6 +261,8 @@ def _status(key):
 
 def run_worker(spec):
   """Runs one measurement; returns a dict of figures."""
+  if spec['kind'].startswith('data_'):
+    return data_benchmark.run_worker(spec)
   if spec.get('cpu_devices'):  # Before the runtime starts: no op has run in this process.
     tf.config.set_logical_device_configuration(
       tf.config.list_physical_devices('CPU')[0],
@@ -394,8 +410,12 @@ def collect(
   memory_depth,
   mirrored_devices,
   log=print,
+  data_options=None,
 ):
-  """Runs every requested measurement; returns the figures."""
+  """Runs every requested measurement; returns the figures.
+
+  `data_options`: `sizes`, `batch`, `batches`, `root` of the data measure.
+  """
   base = dict(shape=dataclasses.asdict(shape), repeats=repeats, steps=steps)
   figures = {}
   timing = {'train', 'first_step', 'log_prob', 'sample', 'params', 'flops'} & set(measures)
@@ -423,6 +443,9 @@ def collect(
   if 'mirrored' in measures:
     log(f'measuring mirrored over {mirrored_devices} logical CPUs ...')
     figures['mirrored'] = spawn(dict(base, kind='mirrored', cpu_devices=mirrored_devices))
+  if 'data' in measures:
+    figures['data_options'] = data_options
+    figures.update(data_benchmark.collect(spawn, log=log, **data_options))
   return figures
 
 
@@ -548,7 +571,19 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
       )
     )
     checks.append(('mirrored', '', ratio))
-  errors = [(k, v['error']) for k, v in figures.items() if isinstance(v, dict) and 'error' in v]
+  errors = [
+    (k, v['error'])
+    for k, v in figures.items()
+    if isinstance(v, dict) and 'error' in v and not str(k[0]).startswith('data_')
+  ]
+  data_lines = []
+  if 'data_options' in figures:
+    options = figures['data_options']
+    data_lines = data_benchmark.report(
+      figures, options['sizes'], options['batch'], options['batches']
+    )
+    if not (rows or pairs or checks or errors):  # The data measure alone.
+      return '\n'.join(lines[:6] + data_lines) + '\n'
   lines += ['| measure | glow_tf | tfb.Glow | ratio |', '| --- | --- | --- | --- |']
   lines += [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in rows]
   if pairs:
@@ -571,7 +606,7 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
   ]
   for key, error in errors:
     lines.append(f'\nMeasurement {key} failed: {error}')
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines + data_lines) + '\n'
 
 
 def benchmark(config: BenchmarkConfig, command: str, log=print) -> str:
@@ -587,5 +622,11 @@ def benchmark(config: BenchmarkConfig, command: str, log=print) -> str:
     config.memory_depth,
     config.mirrored_devices,
     log=log,
+    data_options=dict(
+      sizes=config.data_sizes,
+      batch=config.data_batch,
+      batches=config.data_batches,
+      root=config.data_root,
+    ),
   )
   return report(config.shape, figures, xla_modes, command, machine_facts())

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from glow_tf.tools import benchmark
+from glow_tf.tools import benchmark, data_benchmark
 
 FACTS = dict(
   date='2026-11-23', cpu='test cpu', cores=2, python='3', tensorflow='2', tensorflow_probability='0'
@@ -131,3 +131,57 @@ def test_bad_flags_are_one_line_errors(args, message):
   )
   assert result.returncode == 2 and message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+DATA_FIGURES = {
+  ('data_memory', 'array_record', 30_000): dict(load_s=0.3, peak_rss_mib=800.0, img_s=5000.0),
+  ('data_memory', 'array_record', 300_000): dict(load_s=0.4, peak_rss_mib=880.0, img_s=4000.0),
+  ('data_resume', 'array_record', 300_000): dict(load_s=0.4, cold_s=3.0, resume_s=0.5, step=9),
+  ('data_workers', 'array_record', 300_000, 1): dict(decoded=1000, steps=200),
+  ('data_workers', 'array_record', 300_000, 2): dict(decoded=600, steps=200),
+  ('data_memory', 'folder', 30_000): dict(error='MemoryError'),
+}
+
+
+def test_data_report_judges_its_targets_and_names_failures():
+  lines = data_benchmark.report(DATA_FIGURES, (30_000, 300_000), 64, 1000)
+  text = '\n'.join(lines)
+  assert '| array_record | 300,000 | 880 | 4000 | 0.40 | 3.00 | 0.50 | 1000 | 600 | 0.60x |' in text
+  verdicts = dict(re.findall(r'^\| (.+?) \| [^|]+ \| (yes|no) \|$', text, re.M))
+  rss = 'peak RSS, largest vs smallest size (array_record, 300,000 vs 30,000) <= 1.20'
+  assert verdicts[rss] == 'yes'  # 1.10
+  key = 'load + first batch when resuming late (warm process), s (array_record, 300,000) <= 2.00'
+  assert verdicts[key] == 'yes'  # 0.9
+  assert verdicts['examples decoded per worker, 2 workers vs 1 (array_record) <= 0.55'] == 'no'
+  assert verdicts['input img/s vs training step (25 img/s) (array_record) >= 5.00'] == 'yes'
+  assert "Measurement ('data_memory', 'folder', 30000) failed: MemoryError" in text
+
+
+def test_the_data_workers_measure_what_they_say(tmp_path):
+  paths = data_benchmark.prepare(str(tmp_path), 1000, log=lambda _: None)
+  for fmt in data_benchmark.FORMATS:
+    base = dict(format=fmt, path=paths[fmt], batch=50, batches=5)
+    memory = data_benchmark.run_worker(dict(base, kind='data_memory'))
+    assert memory['peak_rss_mib'] > 0 and memory['img_s'] > 0
+    resume = data_benchmark.run_worker(dict(base, kind='data_resume'))
+    assert resume['step'] == 3950 // 50 and 0 < resume['resume_s'] < resume['cold_s'] + 5
+    one, two = (
+      data_benchmark.run_worker(dict(base, kind='data_workers', pipelines=p)) for p in (1, 2)
+    )
+    steps = data_benchmark.WORKER_STEPS
+    assert steps * 50 <= one['decoded'] < (steps + 20) * 50  # its steps and some read ahead
+    assert steps * 25 <= two['decoded'] < (steps + 20) * 25
+  assert sorted(os.listdir(os.path.join(paths['folder'], 'train'))) == [
+    f'class{i}' for i in range(10)
+  ]
+
+
+def test_bad_data_sizes_are_one_line_errors():
+  result = subprocess.run(
+    [sys.executable, '-m', 'glow_tf.benchmark', '--measures=data', '--data_sizes=10'],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'data_sizes must be one or more sizes >= 1000; got (10,)' in result.stderr
