@@ -17,7 +17,10 @@ only its replicas' examples.
 """
 
 import collections
+import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import struct
@@ -63,6 +66,7 @@ PROBE_SECONDS = 10.0
 # MNIST (47 MB) and CIFAR-10 (150 MB) are; ImageNet 32x32 (3.9 GB) is read from its files.
 IN_MEMORY_BYTES = 256 * 2**20
 IN_MEMORY_CHOICES = ('auto', 'always', 'never')
+CACHE_ENV = 'GLOW_TF_CACHE_DIR'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -550,9 +554,80 @@ def _inspect(path):
   return tuple(int(d) for d in image.shape)
 
 
-def _validated(files, ids, bad_files, root):
+def cache_dir() -> str:
+  """Where glow_tf keeps what it learnt about image folders: $GLOW_TF_CACHE_DIR, else
+  $XDG_CACHE_HOME/glow_tf, else ~/.cache/glow_tf."""
+  if os.environ.get(CACHE_ENV):
+    return os.environ[CACHE_ENV]
+  return os.path.join(
+    os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'glow_tf'
+  )
+
+
+def _inspected(files, directory):
+  """`{file: shape or reason}` for `files` (all under `directory`), as `_inspect` says.
+
+  A file whose size and modification time are those of an earlier inspection (kept
+  in `cache_dir()`, one file per folder split) is not opened again: loading a large
+  folder a second time costs a `stat` per file instead of a decode.
+  """
+  key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:24]
+  path = os.path.join(cache_dir(), 'folders', f'{key}.npz')
+  stats = np.array([(st.st_size, st.st_mtime_ns) for st in map(os.stat, files)], np.int64)
+  stats = stats.reshape(len(files), 2)
+  known = {}
+  try:
+    with np.load(path) as cached:
+      names = bytes(cached['names']).decode().split('\n')
+      reasons = json.loads(bytes(cached['reasons']).decode())
+      if len(names) != len(cached['stats']):  # A name with a newline: not worth the risk.
+        raise ValueError('names and rows differ')
+      rows = zip(names, cached['stats'].tolist(), cached['shapes'].tolist())
+      known = {
+        n: (tuple(st), tuple(sh) if sh[0] else reasons[str(i)])
+        for i, (n, st, sh) in enumerate(rows)
+      }
+  except (OSError, ValueError, KeyError):  # No cache yet, or an unreadable one: inspect all.
+    pass
+  results, fresh = {}, 0
+  for f, stat in zip(files, stats.tolist()):
+    entry = known.get(f)
+    if entry is not None and entry[0] == tuple(stat):
+      results[f] = entry[1]
+    else:
+      results[f], fresh = _inspect(f), fresh + 1
+  if fresh or len(known) != len(files):
+    shapes = np.array([r if isinstance(r, tuple) else (0, 0, 0) for r in results.values()])
+    reasons = {str(i): r for i, r in enumerate(results.values()) if not isinstance(r, tuple)}
+    partial = f'{path}.{os.getpid()}.tmp.npz'
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      np.savez(
+        partial,
+        names=np.frombuffer('\n'.join(files).encode(), np.uint8),
+        stats=stats,
+        shapes=shapes.reshape(len(files), 3).astype(np.int32),
+        reasons=np.frombuffer(json.dumps(reasons).encode(), np.uint8),
+      )
+      os.replace(partial, path)
+    except OSError as e:
+      logging.warning('cannot keep the inspection of %s in %s (%s)', directory, path, e)
+      with contextlib.suppress(OSError):
+        os.remove(partial)
+  logging.info(
+    '%s: %d files, %d inspected, %d known from %s',
+    directory,
+    len(files),
+    fresh,
+    len(files) - fresh,
+    path,
+  )
+  return results
+
+
+def _validated(files, ids, bad_files, root, directory):
   """Keeps the files that decode, in the most common channel count; logs or refuses the rest."""
-  shapes = {f: _inspect(f) for f in files}
+  shapes = _inspected(files, directory)
   channel_counts = collections.Counter(s[2] for s in shapes.values() if isinstance(s, tuple))
   channels = channel_counts.most_common(1)[0][0] if channel_counts else None
   bad = []
@@ -597,7 +672,9 @@ def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
       splits[split] = []
       continue
     files, ids, labels = _folder_split(path, split, labels)
-    kept, split_sizes, split_channels, _ = _validated(files, ids, bad_files, path)
+    kept, split_sizes, split_channels, _ = _validated(
+      files, ids, bad_files, path, os.path.join(path, split)
+    )
     if channels is not None and split_channels not in (None, channels):
       raise DataError(
         f'the train and test images of {path!r} differ in mode: {channels} and '

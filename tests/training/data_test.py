@@ -534,3 +534,36 @@ def test_a_truncated_tfrecord_file_is_named(prepared, tmp_path):
   reader = data.TFRecordReader([(path, 0, NUM_PREPARED)])
   with pytest.raises(errors.DataError, match=r'ends inside a record at byte \d+ \(size \d+\)'):
     reader.__getitems__([0])
+
+
+def test_a_folder_loaded_again_opens_only_changed_files(tmp_path, monkeypatch, caplog):
+  root = write_folder(str(tmp_path / 'images'))
+  inspected = []
+  real = data._inspect
+  monkeypatch.setattr(data, '_inspect', lambda f: inspected.append(f) or real(f))
+  first = data.load(f'folder:{root}')
+  assert len(inspected) == 12
+  inspected.clear()
+  again = data.load(f'folder:{root}')
+  assert inspected == [] and (again.num_train, again.num_test) == (6, 6)
+  np.testing.assert_array_equal(
+    take(data.train_dataset(first, 4, seed=0), 1)[0][0],
+    take(data.train_dataset(again, 4, seed=0), 1)[0][0],
+  )
+  changed = os.path.join(root, 'train', 'a', '1.png')
+  with open(changed, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + b'broken')
+  with caplog.at_level('WARNING'):
+    after = data.load(f'folder:{root}')
+  assert inspected == [changed] and after.num_train == 5
+  assert 'skipping 1 of 6 files' in caplog.text
+
+
+def test_an_unwritable_cache_is_a_warning(tmp_path, monkeypatch, caplog):
+  root = write_folder(str(tmp_path / 'images'))
+  (tmp_path / 'file').write_text('not a directory')
+  monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / 'file' / 'cache'))
+  with caplog.at_level('WARNING'):
+    source = data.load(f'folder:{root}')
+  assert source.num_train == 6
+  assert 'cannot keep the inspection of' in caplog.text
