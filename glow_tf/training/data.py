@@ -16,10 +16,10 @@ device, mirrored, multi-worker) sees the same global batches, each worker readin
 only its replicas' examples.
 """
 
-import collections
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -528,11 +528,10 @@ def _folder_split(root, split, labels=None):
     )
   files, ids = [], []
   for label in names:
-    for name in sorted(os.listdir(os.path.join(directory, label))):
-      path = os.path.join(directory, label, name)
-      if os.path.isfile(path):
-        files.append(path)
-        ids.append(labels.index(label))
+    with os.scandir(os.path.join(directory, label)) as entries:
+      paths = sorted((e.name, e.path) for e in entries if e.is_file())
+    files.extend(path for _, path in paths)
+    ids.extend([labels.index(label)] * len(paths))
   return files, ids, labels
 
 
@@ -565,7 +564,8 @@ def cache_dir() -> str:
 
 
 def _inspected(files, directory):
-  """`{file: shape or reason}` for `files` (all under `directory`), as `_inspect` says.
+  """`(shapes, reasons)` of `files` (all under `directory`), as `_inspect` says: int32
+  `[N, 3]` shapes, zero for a file that cannot be used, and `{i: why}` for those.
 
   A file whose size and modification time are those of an earlier inspection (kept
   in `cache_dir()`, one file per folder split) is not opened again: loading a large
@@ -573,40 +573,49 @@ def _inspected(files, directory):
   """
   key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:24]
   path = os.path.join(cache_dir(), 'folders', f'{key}.npz')
-  stats = np.array([(st.st_size, st.st_mtime_ns) for st in map(os.stat, files)], np.int64)
-  stats = stats.reshape(len(files), 2)
-  known = {}
+  count = len(files)
+  stats = np.fromiter(
+    itertools.chain.from_iterable((s.st_size, s.st_mtime_ns) for s in map(os.stat, files)),
+    np.int64,
+    2 * count,
+  ).reshape(count, 2)
+  names = '\n'.join(files).encode()
+  shapes, reasons = np.zeros([count, 3], np.int32), {}
+  known = np.zeros([count], bool)
   try:
     with np.load(path) as cached:
-      names = bytes(cached['names']).decode().split('\n')
-      reasons = json.loads(bytes(cached['reasons']).decode())
-      if len(names) != len(cached['stats']):  # A name with a newline: not worth the risk.
-        raise ValueError('names and rows differ')
-      rows = zip(names, cached['stats'].tolist(), cached['shapes'].tolist())
-      known = {
-        n: (tuple(st), tuple(sh) if sh[0] else reasons[str(i)])
-        for i, (n, st, sh) in enumerate(rows)
-      }
-  except (OSError, ValueError, KeyError):  # No cache yet, or an unreadable one: inspect all.
-    pass
-  results, fresh = {}, 0
-  for f, stat in zip(files, stats.tolist()):
-    entry = known.get(f)
-    if entry is not None and entry[0] == tuple(stat):
-      results[f] = entry[1]
+      cached_names = cached['names'].tobytes()
+      cached_stats, cached_shapes = cached['stats'], cached['shapes']
+      cached_reasons = json.loads(cached['reasons'].tobytes().decode())
+    if cached_names == names:  # The same listing: compare row by row.
+      rows = np.arange(count)
+    else:  # Files came or went: find each one's row, if it has one.
+      row_of = {n: i for i, n in enumerate(cached_names.decode().split('\n'))}
+      rows = np.array([row_of.get(f, -1) for f in files], np.int64).reshape(count)
+    found = rows >= 0
+    known[found] = (cached_stats[rows[found]] == stats[found]).all(axis=1)
+    shapes[known] = cached_shapes[rows[known]]
+    reasons = {
+      int(i): cached_reasons[str(rows[i])] for i in np.flatnonzero(known) if shapes[i, 0] == 0
+    }
+  except (OSError, ValueError, KeyError, IndexError):  # No cache yet, or an unusable one.
+    known[:] = False
+  fresh = np.flatnonzero(~known)
+  for i in fresh:
+    result = _inspect(files[i])
+    if isinstance(result, tuple):
+      shapes[i] = result
     else:
-      results[f], fresh = _inspect(f), fresh + 1
-  if fresh or len(known) != len(files):
-    shapes = np.array([r if isinstance(r, tuple) else (0, 0, 0) for r in results.values()])
-    reasons = {str(i): r for i, r in enumerate(results.values()) if not isinstance(r, tuple)}
+      shapes[i], reasons[int(i)] = 0, result
+  if len(fresh) or not os.path.exists(path):
     partial = f'{path}.{os.getpid()}.tmp.npz'
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
       np.savez(
         partial,
-        names=np.frombuffer('\n'.join(files).encode(), np.uint8),
+        names=np.frombuffer(names, np.uint8),
         stats=stats,
-        shapes=shapes.reshape(len(files), 3).astype(np.int32),
+        shapes=shapes,
         reasons=np.frombuffer(json.dumps(reasons).encode(), np.uint8),
       )
       os.replace(partial, path)
@@ -617,25 +626,24 @@ def _inspected(files, directory):
   logging.info(
     '%s: %d files, %d inspected, %d known from %s',
     directory,
-    len(files),
-    fresh,
-    len(files) - fresh,
+    count,
+    len(fresh),
+    count - len(fresh),
     path,
   )
-  return results
+  return shapes, reasons
 
 
 def _validated(files, ids, bad_files, root, directory):
   """Keeps the files that decode, in the most common channel count; logs or refuses the rest."""
-  shapes = _inspected(files, directory)
-  channel_counts = collections.Counter(s[2] for s in shapes.values() if isinstance(s, tuple))
-  channels = channel_counts.most_common(1)[0][0] if channel_counts else None
-  bad = []
-  for f, shape in shapes.items():
-    if not isinstance(shape, tuple):
-      bad.append((f, shape))
-    elif shape[2] != channels:
-      bad.append((f, f"{shape[2]} channels where the folder's images have {channels}"))
+  shapes, reasons = _inspected(files, directory)
+  usable = shapes[:, 0] > 0
+  values, counts = np.unique(shapes[usable, 2], return_counts=True)
+  channels = int(values[np.argmax(counts)]) if len(values) else None
+  wrong_mode = usable & (shapes[:, 2] != channels)
+  for i in np.flatnonzero(wrong_mode):
+    reasons[int(i)] = f"{shapes[i, 2]} channels where the folder's images have {channels}"
+  bad = [(files[i], reasons[i]) for i in sorted(reasons)]
   if bad:
     listing = '; '.join(f'{os.path.relpath(f, root)}: {why}' for f, why in bad[:_LISTED])
     more = f' (and {len(bad) - _LISTED} more)' if len(bad) > _LISTED else ''
@@ -652,9 +660,11 @@ def _validated(files, ids, bad_files, root, directory):
       listing,
       more,
     )
-  unusable = {f for f, _ in bad}
-  kept = [(f, i) for f, i in zip(files, ids) if f not in unusable]
-  return kept, {shapes[f][:2] for f, _ in kept}, channels, len(bad)
+  good = np.flatnonzero(usable & ~wrong_mode)
+  kept = [(files[i], ids[i]) for i in good]
+  heights, widths = shapes[good, 0].astype(np.int64), shapes[good, 1].astype(np.int64)
+  sizes = {divmod(int(k), 2**31) for k in np.unique(heights * 2**31 + widths)}
+  return kept, sizes, channels, len(bad)
 
 
 def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
