@@ -84,6 +84,12 @@ class BenchmarkConfig:
     check=lambda sizes: len(sizes) > 0 and all(s >= 1000 for s in sizes),
     expected='one or more sizes >= 1000',
   )
+  data_formats: tuple[str, ...] = option(
+    data_benchmark.DEFAULT_FORMATS,
+    f'Dataset formats of the data measure, some of {",".join(data_benchmark.FORMATS)}.',
+    check=lambda formats: len(formats) > 0 and set(formats) <= set(data_benchmark.FORMATS),
+    expected=f'some of {list(data_benchmark.FORMATS)}',
+  )
   data_batch: int = option(64, 'Global batch of the data measure.', minimum=1)
   data_batches: int = option(1000, 'Batches iterated for peak RSS and img/s.', minimum=2)
   data_root: str = option(
@@ -414,7 +420,7 @@ def collect(
 ):
   """Runs every requested measurement; returns the figures.
 
-  `data_options`: `sizes`, `batch`, `batches`, `root` of the data measure.
+  `data_options`: `sizes`, `batch`, `batches`, `root`, `formats` of the data measure.
   """
   base = dict(shape=dataclasses.asdict(shape), repeats=repeats, steps=steps)
   figures = {}
@@ -580,7 +586,7 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
   if 'data_options' in figures:
     options = figures['data_options']
     data_lines = data_benchmark.report(
-      figures, options['sizes'], options['batch'], options['batches']
+      figures, options['sizes'], options['batch'], options['batches'], options['formats']
     )
     if not (rows or pairs or checks or errors):  # The data measure alone.
       return '\n'.join(lines[:6] + data_lines) + '\n'
@@ -627,6 +633,7 @@ def benchmark(config: BenchmarkConfig, command: str, log=print) -> str:
       batch=config.data_batch,
       batches=config.data_batches,
       root=config.data_root,
+      formats=config.data_formats,
     ),
   )
   return report(config.shape, figures, xla_modes, command, machine_facts())

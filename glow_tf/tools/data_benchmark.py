@@ -1,7 +1,8 @@
 """The input pipeline at scale: `python -m glow_tf.benchmark --measures=data`.
 
-Writes random 32x32x3 datasets of each size in `data_sizes` under `data_root` (a
-prepared TFDS dataset in ArrayRecord files, and an image folder; kept for the next
+Writes random 32x32x3 datasets of each size in `data_sizes` under `data_root` (in
+`data_formats`: a prepared TFDS dataset in ArrayRecord or TFRecord files, an image
+folder; kept for the next
 run, with the folder's inspection cache in `data_root/cache`: the first load of a
 folder opens every file, later ones only `stat` them), then measures each in fresh
 processes that run the input pipeline alone (no model), with `in_memory='never'` so
@@ -27,7 +28,8 @@ import time
 
 __all__ = ['TARGETS', 'collect', 'prepare', 'report', 'run_worker']
 
-FORMATS = ('array_record', 'folder')
+FORMATS = ('array_record', 'tfrecord', 'folder')
+DEFAULT_FORMATS = ('array_record', 'folder')
 SIZE = 32
 TRAIN_IMG_S = 25.0  # glow_tf's training step at 32x32x3, L=3, K=8, width 400 (benchmarks.md).
 RESUME_FRACTION = 3.95  # Resume at this many epochs: the last 10% of the 4th.
@@ -40,26 +42,29 @@ TARGETS = {
 }
 
 
-def prepare(root: str, size: int, log=print) -> dict[str, str]:
+def prepare(root: str, size: int, formats=DEFAULT_FORMATS, log=print) -> dict[str, str]:
   """The datasets of `size` training images under `root` (written once): format -> path."""
   from glow_tf.tools import synthetic_data
 
   base = os.path.join(root, str(size))
   paths = {}
-  tfds_dir = os.path.join(base, 'tfds')
-  version = os.path.join(tfds_dir, synthetic_data.NAME, '1.0.0')
-  if not os.path.exists(os.path.join(version, 'dataset_info.json')):
-    log(f'writing {size} images as a prepared TFDS dataset (ArrayRecord) ...')
-    version = synthetic_data.prepare_tfds(tfds_dir, size, 1000, SIZE, 'array_record')
-  paths['array_record'] = version
-  folder = os.path.join(base, 'folder')
-  done = os.path.join(folder, 'COMPLETE')
-  if not os.path.exists(done):
-    log(f'writing {size} images as an image folder ...')
-    synthetic_data.write_folder(folder, size, 1000, SIZE)
-    with open(done, 'w') as f:
-      f.write('written by glow_tf.tools.data_benchmark\n')
-  paths['folder'] = folder
+  for fmt in formats:
+    if fmt == 'folder':
+      folder = os.path.join(base, 'folder')
+      done = os.path.join(folder, 'COMPLETE')
+      if not os.path.exists(done):
+        log(f'writing {size} images as an image folder ...')
+        synthetic_data.write_folder(folder, size, 1000, SIZE)
+        with open(done, 'w') as f:
+          f.write('written by glow_tf.tools.data_benchmark\n')
+      paths[fmt] = folder
+      continue
+    tfds_dir = os.path.join(base, 'tfds' if fmt == 'array_record' else f'tfds_{fmt}')
+    version = os.path.join(tfds_dir, synthetic_data.NAME, '1.0.0')
+    if not os.path.exists(os.path.join(version, 'dataset_info.json')):
+      log(f'writing {size} images as a prepared TFDS dataset ({fmt}) ...')
+      version = synthetic_data.prepare_tfds(tfds_dir, size, 1000, SIZE, fmt)
+    paths[fmt] = version
   return paths
 
 
@@ -186,13 +191,13 @@ def spawn_loopback(spec, env=None, timeout=600):
   return dict(results[0], decoded_by_worker=[r['decoded'] for r in results])
 
 
-def collect(spawn, sizes, batch, batches, root, log=print):
+def collect(spawn, sizes, batch, batches, root, formats=DEFAULT_FORMATS, log=print):
   """Runs every data measurement; returns `{(kind, format, size[, pipelines]): figures}`."""
   figures = {}
   env = {'GLOW_TF_CACHE_DIR': os.path.join(root, 'cache')}  # Folder inspections, kept too.
   for size in sizes:
-    paths = prepare(root, size, log)
-    for fmt in FORMATS:
+    paths = prepare(root, size, formats, log)
+    for fmt in formats:
       base = dict(format=fmt, path=paths[fmt], batch=batch, batches=batches)
       log(f'measuring the input pipeline on {size} images ({fmt}) ...')
       figures[('data_memory', fmt, size)] = spawn(dict(base, kind='data_memory'), env)
@@ -204,7 +209,7 @@ def collect(spawn, sizes, batch, batches, root, log=print):
   return figures
 
 
-def report(figures, sizes, batch, batches) -> list[str]:
+def report(figures, sizes, batch, batches, formats=DEFAULT_FORMATS) -> list[str]:
   """Markdown lines: one table of figures per format and size, then the targets."""
   lines = [
     '',
@@ -221,7 +226,7 @@ def report(figures, sizes, batch, batches) -> list[str]:
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ]
   checks, errors = [], []
-  for fmt in FORMATS:
+  for fmt in formats:
     rss = {}
     for size in sizes:
       memory = figures.get(('data_memory', fmt, size), {})

@@ -162,10 +162,11 @@ def test_data_report_judges_its_targets_and_names_failures():
 
 
 def test_the_data_workers_measure_what_they_say(tmp_path):
-  paths = data_benchmark.prepare(str(tmp_path), 1000, log=lambda _: None)
+  paths = data_benchmark.prepare(str(tmp_path), 1000, data_benchmark.FORMATS, lambda _: None)
+  assert sorted(paths) == sorted(data_benchmark.FORMATS)
   steps = data_benchmark.WORKER_STEPS
-  for fmt in data_benchmark.FORMATS:
-    base = dict(format=fmt, path=paths[fmt], batch=50, batches=5)
+  for fmt, path in paths.items():
+    base = dict(format=fmt, path=path, batch=50, batches=5)
     memory = data_benchmark.run_worker(dict(base, kind='data_memory'))
     assert memory['peak_rss_mib'] > 0 and memory['img_s'] > 0
     resume = data_benchmark.run_worker(dict(base, kind='data_resume'))
@@ -188,12 +189,19 @@ def test_two_loopback_workers_each_decode_half(tmp_path):
     assert steps * 25 <= decoded < (steps + 20) * 25
 
 
-def test_bad_data_sizes_are_one_line_errors():
+@pytest.mark.parametrize(
+  'flag, message',
+  [
+    ('--data_sizes=10', 'data_sizes must be one or more sizes >= 1000; got (10,)'),
+    ('--data_formats=csv', "data_formats must be some of ['array_record', 'tfrecord', 'folder']"),
+  ],
+)
+def test_bad_data_flags_are_one_line_errors(flag, message):
   result = subprocess.run(
-    [sys.executable, '-m', 'glow_tf.benchmark', '--measures=data', '--data_sizes=10'],
+    [sys.executable, '-m', 'glow_tf.benchmark', '--measures=data', flag],
     capture_output=True,
     text=True,
     timeout=120,
   )
   assert result.returncode == 2, result.stderr[-2000:]
-  assert 'data_sizes must be one or more sizes >= 1000; got (10,)' in result.stderr
+  assert message in result.stderr and 'Traceback' not in result.stderr
