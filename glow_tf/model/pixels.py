@@ -10,12 +10,21 @@ import tensorflow as tf
 __all__ = ['centre', 'dequantize', 'to_pixels']
 
 
-def dequantize(pixels: tf.Tensor, num_bins: int, seed) -> tf.Tensor:
+def dequantize(pixels: tf.Tensor, num_bins: int, seed, rows: tuple[int, int] | None = None):
   """Integer pixels in `[0, num_bins)` -> `(pixels + u) / num_bins - 0.5`, u ~ U[0, 1).
 
-  The paper's uniform dequantisation; the result lies in `[-0.5, 0.5)`.
+  The paper's uniform dequantisation; the result lies in `[-0.5, 0.5)`. With
+  `rows=(first, total)`, `pixels` are rows `first, first + 1, ...` of a batch of
+  `total` rows and get the noise they get there: a worker's share of a global batch
+  is dequantised as the global batch is.
   """
-  noise = tf.random.stateless_uniform(tf.shape(pixels), seed=seed)
+  shape = tf.shape(pixels)
+  if rows is None:
+    noise = tf.random.stateless_uniform(shape, seed=seed)
+  else:
+    first, total = rows
+    noise = tf.random.stateless_uniform(tf.concat([[total], shape[1:]], 0), seed=seed)
+    noise = tf.ensure_shape(noise[first : first + shape[0]], pixels.shape)
   return (tf.cast(pixels, tf.float32) + noise) / num_bins - 0.5
 
 

@@ -1,6 +1,7 @@
 """Benchmarks glow_tf against tfp.bijectors.Glow at the same architecture.
 
-Run: `python -m glow_tf.benchmark` (or bin/glow_benchmark).
+Run: `python -m glow_tf.benchmark` (or bin/glow_benchmark). The input pipeline at
+scale is measured with `--measures=data` (see `glow_tf.tools.data_benchmark`).
 
 Every measurement runs in a fresh subprocess (so one model's graphs, caches and
 memory never affect another's); this process collects them and prints one
@@ -29,6 +30,7 @@ import glow_tf
 from glow_tf import configs
 from glow_tf.configs import option
 from glow_tf.errors import ConfigError
+from glow_tf.tools import data_benchmark
 from glow_tf.training import data, optim
 from glow_tf.training.config import TrainConfig
 from glow_tf.training.loss import Loss
@@ -36,7 +38,7 @@ from glow_tf.training.trainer import Trainer
 
 tfb, tfd = tfp.bijectors, tfp.distributions
 
-MEASURES = (
+MODEL_MEASURES = (
   'train',
   'first_step',
   'log_prob',
@@ -48,6 +50,7 @@ MEASURES = (
   'depth',
   'precision',
 )
+MEASURES = (*MODEL_MEASURES, 'data')  # 'data' writes datasets to disk: asked for by name.
 MODELS = ('glow_tf', 'tfb_glow')
 XLA_MODES = {'off': [False], 'on': [True], 'both': [False, True]}
 
@@ -64,8 +67,8 @@ class BenchmarkConfig:
   batch_size: int = option(16, 'Images per step.', minimum=1)
   xla: str = option('off', 'XLA for the training step.', choices=tuple(XLA_MODES))
   measures: tuple[str, ...] = option(
-    MEASURES,
-    f'Which of {",".join(MEASURES)}.',
+    MODEL_MEASURES,
+    f'Which of {",".join(MEASURES)} (data: the input pipeline at scale, not by default).',
     check=lambda ms: len(ms) > 0 and set(ms) <= set(MEASURES),
     expected=f'some of {list(MEASURES)}',
   )
@@ -84,6 +87,23 @@ class BenchmarkConfig:
     minimum=1,
   )
   mirrored_devices: int = option(2, 'Logical CPU devices for the mirrored ratio.', minimum=2)
+  data_sizes: tuple[int, ...] = option(
+    (30_000, 300_000),
+    'Training images of the synthetic datasets the data measure writes and reads.',
+    check=lambda sizes: len(sizes) > 0 and all(s >= 1000 for s in sizes),
+    expected='one or more sizes >= 1000',
+  )
+  data_formats: tuple[str, ...] = option(
+    data_benchmark.DEFAULT_FORMATS,
+    f'Dataset formats of the data measure, some of {",".join(data_benchmark.FORMATS)}.',
+    check=lambda formats: len(formats) > 0 and set(formats) <= set(data_benchmark.FORMATS),
+    expected=f'some of {list(data_benchmark.FORMATS)}',
+  )
+  data_batch: int = option(64, 'Global batch of the data measure.', minimum=1)
+  data_batches: int = option(1000, 'Batches iterated for peak RSS and img/s.', minimum=2)
+  data_root: str = option(
+    '/tmp/glow_tf_data_benchmark', 'Where the data measure writes its datasets (kept).'
+  )
 
   def __post_init__(self):
     configs.validate(self)
@@ -288,15 +308,13 @@ def _synthetic_source(shape: Shape, count: int = 64):
   """Uniform random 8-bit images as a DataSource: the Trainer's own input path, no files."""
   rng = np.random.default_rng(0)
   image_shape = (shape.image_size, shape.image_size, shape.channels)
-  examples = tf.data.Dataset.from_tensor_slices(
-    (rng.integers(0, 256, (count, *image_shape), dtype=np.int32), np.zeros([count], np.int32))
+  split = data.memory_split(
+    rng.integers(0, 256, (count, *image_shape), dtype=np.uint8), np.zeros([count], np.int32)
   )
   return data.DataSource(
     name='synthetic',
-    train=examples,
-    test=examples,
-    num_train=count,
-    num_test=count,
+    train_split=split,
+    test_split=split,
     image_shape=image_shape,
     num_bins=256,
     num_classes=None,
@@ -368,6 +386,8 @@ def _trainer_run(spec):
 
 def run_worker(spec):
   """Runs one measurement; returns a dict of figures."""
+  if spec['kind'].startswith('data_'):
+    return data_benchmark.run_worker(spec)
   if spec.get('cpu_devices'):  # Before the runtime starts: no op has run in this process.
     tf.config.set_logical_device_configuration(
       tf.config.list_physical_devices('CPU')[0],
@@ -551,8 +571,12 @@ def collect(
   memory_depth,
   mirrored_devices,
   log=print,
+  data_options=None,
 ):
-  """Runs every requested measurement; returns the figures."""
+  """Runs every requested measurement; returns the figures.
+
+  `data_options`: `sizes`, `batch`, `batches`, `root`, `formats` of the data measure.
+  """
   base = dict(shape=dataclasses.asdict(shape), repeats=repeats, steps=steps)
   figures = {}
   timing = {'train', 'first_step', 'log_prob', 'sample', 'params', 'flops'} & set(measures)
@@ -581,6 +605,9 @@ def collect(
   if 'mirrored' in measures:
     log(f'measuring mirrored over {mirrored_devices} logical CPUs ...')
     figures['mirrored'] = spawn(dict(base, kind='mirrored', cpu_devices=mirrored_devices))
+  if 'data' in measures:
+    figures['data_options'] = data_options
+    figures.update(data_benchmark.collect(spawn, log=log, **data_options))
   return figures
 
 
@@ -799,7 +826,19 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
       )
     )
     checks.append(('mirrored', '', ratio))
-  errors = [(k, v['error']) for k, v in figures.items() if isinstance(v, dict) and 'error' in v]
+  errors = [
+    (k, v['error'])
+    for k, v in figures.items()
+    if isinstance(v, dict) and 'error' in v and not str(k[0]).startswith('data_')
+  ]
+  data_lines = []
+  if 'data_options' in figures:
+    options = figures['data_options']
+    data_lines = data_benchmark.report(
+      figures, options['sizes'], options['batch'], options['batches'], options['formats']
+    )
+    if not (rows or pairs or checks or errors):  # The data measure alone.
+      return '\n'.join(lines[:6] + data_lines) + '\n'
   lines += ['| measure | glow_tf | tfb.Glow | ratio |', '| --- | --- | --- | --- |']
   lines += [f'| {a} | {b} | {c} | {d} |' for a, b, c, d in rows]
   if pairs:
@@ -824,7 +863,7 @@ def report(shape: Shape, figures, xla_modes, command: str, facts) -> str:
   ]
   for key, error in errors:
     lines.append(f'\nMeasurement {key} failed: {error}')
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines + data_lines) + '\n'
 
 
 def benchmark(config: BenchmarkConfig, command: str, log=print) -> str:
@@ -840,5 +879,12 @@ def benchmark(config: BenchmarkConfig, command: str, log=print) -> str:
     config.memory_depth,
     config.mirrored_devices,
     log=log,
+    data_options=dict(
+      sizes=config.data_sizes,
+      batch=config.data_batch,
+      batches=config.data_batches,
+      root=config.data_root,
+      formats=config.data_formats,
+    ),
   )
   return report(config.shape, figures, xla_modes, command, machine_facts())

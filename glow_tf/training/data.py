@@ -1,23 +1,33 @@
 """Datasets for Glow: the embedded digits, TFDS by name, image folders; one input pipeline.
 
-Every source becomes a `DataSource`: integer images in `[0, num_bins)` with
-labels. `train_dataset` and `eval_dataset` then build the one pipeline
+Every source becomes a `DataSource`: two `Split`s giving random access to their
+examples by index (integer images in `[0, num_bins)` with labels), held in memory
+when a split is small and read on demand from the prepared files otherwise.
+`train_dataset` and `eval_dataset` then build the one pipeline
 
-    (cache) -> shuffle per epoch -> global batch -> uniform dequantisation
-            -> this worker's share of the batch, per replica -> prefetch
+    global batch i -> its example indices (epoch permutation) -> this worker's share
+      -> read and decode those examples only -> uniform dequantisation -> per replica
 
-in which batch `i` depends only on `(seed, i)`, so a resumed run sees exactly the
-batches an uninterrupted run would, and every strategy (one device, mirrored,
-multi-worker) sees the same global batches.
+in which global batch `i` holds the examples at positions `[i B, (i + 1) B)` of
+the stream of epochs, epoch `e` being the permutation `index_shuffle(., (seed, e))`
+of the split: batch `i` depends only on `(seed, i)`, a resumed run computes its
+first batch directly (no example before it is read), and every strategy (one
+device, mirrored, multi-worker) sees the same global batches, each worker reading
+only its replicas' examples.
 """
 
-import collections
+import contextlib
 import dataclasses
+import hashlib
+import itertools
+import json
 import math
 import os
+import struct
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -32,6 +42,8 @@ __all__ = [
   'BAD_FILE_POLICIES',
   'DataConfig',
   'DataSource',
+  'IN_MEMORY_CHOICES',
+  'Split',
   'check_splits',
   'eval_dataset',
   'load',
@@ -50,6 +62,43 @@ DIGITS_NUM_TEST = 300
 # it answers before TFDS's retries, which take ~3.5 minutes to give up without a network.
 TFDS_DOWNLOAD_URL = 'https://storage.googleapis.com/'
 PROBE_SECONDS = 10.0
+# A split is held in memory when its decoded images take at most this much (in_memory=auto):
+# MNIST (47 MB) and CIFAR-10 (150 MB) are; ImageNet 32x32 (3.9 GB) is read from its files.
+IN_MEMORY_BYTES = 256 * 2**20
+IN_MEMORY_CHOICES = ('auto', 'always', 'never')
+CACHE_ENV = 'GLOW_TF_CACHE_DIR'
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Random access to the examples of one split, by index in `[0, num_examples)`.
+
+  `fetch(indices)` maps an int64 vector of indices to the stored form of those
+  examples (a nest of tensors with a leading dimension of the same length: encoded
+  records, file names, or the decoded images themselves); `decode` maps one
+  stored example to `(image, label)`, image int32 `[H, W, C]` in `[0, num_bins)`,
+  label int32. Both are TensorFlow functions, used inside `tf.data`.
+
+  Attributes:
+    num_examples: the split's size, from the dataset's metadata.
+    fetch, decode: as above.
+    storage: how the examples are held, for the log ('memory', 'ArrayRecord files', ...).
+  """
+
+  num_examples: int
+  fetch: Callable
+  decode: Callable
+  storage: str
+
+  def dataset(self) -> tf.data.Dataset:
+    """Every example once, in index order, as `(image, label)`."""
+    return (
+      tf.data.Dataset.range(self.num_examples)
+      .batch(256)
+      .map(self.fetch, num_parallel_calls=tf.data.AUTOTUNE)
+      .unbatch()
+      .map(self.decode, num_parallel_calls=tf.data.AUTOTUNE)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +107,156 @@ class DataSource:
 
   Attributes:
     name: as given to `load`.
-    train, test: finite `tf.data.Dataset`s of `(image, label)`: images int32
-      `[H, W, C]` with values in `[0, num_bins)`, labels int32 scalars (0 when
-      the dataset has none).
-    num_train, num_test: number of examples.
+    train_split, test_split: random access to the examples (`Split`).
     image_shape: `(H, W, C)`.
     num_bins: levels per value (`2**n_bits`, or 17 for the digits).
     num_classes: number of labels, or None.
   """
 
   name: str
-  train: tf.data.Dataset
-  test: tf.data.Dataset
-  num_train: int
-  num_test: int
+  train_split: Split
+  test_split: Split
   image_shape: tuple[int, int, int]
   num_bins: int
   num_classes: int | None
+
+  @property
+  def train(self) -> tf.data.Dataset:
+    """The training split once, in index order: `(image, label)` as described in `Split`."""
+    return self.train_split.dataset()
+
+  @property
+  def test(self) -> tf.data.Dataset:
+    """The test split once, in index order."""
+    return self.test_split.dataset()
+
+  @property
+  def num_train(self) -> int:
+    return self.train_split.num_examples
+
+  @property
+  def num_test(self) -> int:
+    return self.test_split.num_examples
+
+
+def memory_split(images: np.ndarray, labels: np.ndarray) -> Split:
+  """A split held in memory: `images` uint8 `[N, H, W, C]` already in bins, `labels` `[N]`."""
+  images, labels = tf.constant(images, tf.uint8), tf.constant(labels, tf.int32)
+  return Split(
+    int(labels.shape[0]),
+    lambda indices: (tf.gather(images, indices), tf.gather(labels, indices)),
+    lambda image, label: (tf.cast(image, tf.int32), label),
+    'memory',
+  )
+
+
+def _to_memory(split: Split, image_shape) -> Split:
+  """`split` decoded once into memory."""
+  images, labels = [np.zeros([0, *image_shape], np.uint8)], [np.zeros([0], np.int32)]
+  for image, label in split.dataset().batch(1024).as_numpy_iterator():
+    images.append(image.astype(np.uint8))
+    labels.append(label)
+  return memory_split(np.concatenate(images), np.concatenate(labels))
+
+
+def _held(split: Split, image_shape, in_memory: str, what: str) -> Split:
+  """`split`, in memory if `in_memory` says so ('auto': at most IN_MEMORY_BYTES decoded)."""
+  decoded = split.num_examples * int(np.prod(image_shape))
+  keep = in_memory == 'always' or (in_memory == 'auto' and decoded <= IN_MEMORY_BYTES)
+  if keep and split.storage != 'memory':
+    logging.info(
+      '%s: %d examples (%.0f MiB decoded) held in memory (in_memory=%s, limit %d MiB)',
+      what,
+      split.num_examples,
+      decoded / 2**20,
+      in_memory,
+      IN_MEMORY_BYTES // 2**20,
+    )
+    return _to_memory(split, image_shape)
+  logging.info(
+    '%s: %d examples (%.0f MiB decoded) read on demand from %s (in_memory=%s)',
+    what,
+    split.num_examples,
+    decoded / 2**20,
+    split.storage,
+    in_memory,
+  )
+  return split
+
+
+class TFRecordReader:
+  """Random access to the records of TFRecord files, by index over the files in order.
+
+  A file's record offsets are found the first time one of its records is read, by
+  reading only the 12-byte record headers (8 bytes per record kept in memory).
+
+  Args:
+    files: `(path, skip, take)` per file: its records `skip .. skip + take - 1`.
+  """
+
+  def __init__(self, files):
+    self._files = [(os.fspath(path), int(skip), int(take)) for path, skip, take in files]
+    self._starts = np.cumsum([0] + [take for _, _, take in self._files])
+    self._offsets = {}
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def _index(self, number):
+    with self._lock:
+      if number not in self._offsets:
+        path = self._files[number][0]
+        offsets, position, size = [], 0, os.path.getsize(path)
+        with open(path, 'rb') as f:
+          while position < size:
+            offsets.append(position)
+            f.seek(position)
+            header = f.read(8)
+            length = struct.unpack('<Q', header)[0] if len(header) == 8 else size
+            position += 8 + 4 + length + 4  # length, its CRC, data, the data's CRC
+            if position > size:
+              raise DataError(
+                f'{path!r} ends inside a record at byte {offsets[-1]} (size {size}); '
+                'expected whole TFRecord records: prepare the dataset again.'
+              )
+        self._offsets[number] = np.array(offsets, np.int64)
+      return self._offsets[number]
+
+  def __getitems__(self, indices) -> list[bytes]:
+    indices = np.asarray(indices, np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+      raise IndexError(f'record indices must be in [0, {len(self)}); got {indices.tolist()}')
+    numbers = np.searchsorted(self._starts, indices, side='right') - 1
+    records, handles = [], {}
+    try:
+      for index, number in zip(indices, numbers):
+        path, skip, _ = self._files[number]
+        offset = int(self._index(number)[index - self._starts[number] + skip])
+        if number not in handles:
+          handles[number] = open(path, 'rb')  # noqa: SIM115 (closed below)
+        f = handles[number]
+        f.seek(offset)
+        (length,) = struct.unpack('<Q', f.read(8))
+        f.seek(offset + 12)
+        records.append(f.read(length))
+    finally:
+      for f in handles.values():
+        f.close()
+    return records
+
+
+def records_split(reader, decode: Callable, storage: str) -> Split:
+  """A split read on demand: `reader.__getitems__(indices)` -> encoded records."""
+
+  def read(indices):
+    return np.array(reader.__getitems__(indices.tolist()), dtype=object)
+
+  def fetch(indices):
+    records = tf.numpy_function(read, [indices], tf.string, stateful=False)
+    return tf.ensure_shape(records, indices.shape)
+
+  return Split(len(reader), fetch, decode, storage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +293,13 @@ class DataConfig:
     'or fail up front listing them.',
     choices=BAD_FILE_POLICIES,
   )
+  in_memory: str = option(
+    'auto',
+    'Hold the decoded splits in memory: "auto" when a split takes at most '
+    f'{IN_MEMORY_BYTES // 2**20} MiB decoded, "always", or "never" (read the examples of '
+    'each batch from the prepared files or image files). The digits are always in memory.',
+    choices=IN_MEMORY_CHOICES,
+  )
 
   def __post_init__(self):
     configs.validate(self)
@@ -138,13 +327,11 @@ def _load_digits(n_bits, image_size) -> DataSource:
     raise DataError(
       f'digits are 8x8; resizing them is not supported (got image_size={image_size}).'
     )
-  train, test = digits_arrays()
+  (train_x, train_y), (test_x, test_y) = digits_arrays()
   return DataSource(
     DIGITS,
-    tf.data.Dataset.from_tensor_slices(train),
-    tf.data.Dataset.from_tensor_slices(test),
-    len(train[0]),
-    len(test[0]),
+    memory_split(train_x.astype(np.uint8), train_y),
+    memory_split(test_x.astype(np.uint8), test_y),
     (8, 8, 1),
     DIGITS_NUM_BINS,
     10,
@@ -167,38 +354,31 @@ def _to_bins(image, n_bits):
   return tf.cast(image, tf.int32) // (2 ** (8 - n_bits))
 
 
-def _count(dataset) -> int:
-  cardinality = int(dataset.cardinality())
-  if cardinality >= 0:
-    return cardinality
-  return int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+def _image_shape(name, image_shape, image_size):
+  """The `(H, W, C)` the model sees: the images' own, or `image_size` square."""
+  height, width, channels = image_shape
+  if image_size is not None:
+    height = width = image_size
+  if height is None or width is None:
+    raise DataError(f'images of {name!r} vary in size; pass --image_size to resize them.')
+  return (height, width, channels)
 
 
-def _from_features(
-  name, splits, image_shape, n_bits, image_size, num_classes, split_sizes
-) -> DataSource:
-  """Maps TFDS-style feature dicts to `(image, label)` and builds the DataSource."""
+def _converter(shape, n_bits, image_size):
+  """A TFDS-style feature dict -> `(image, label)`: resized, in bins, of shape `shape`."""
 
   def convert(example):
     image = example['image']
     if image_size is not None:
       image = _resize(image, image_size)
     label = tf.cast(example.get('label', 0), tf.int32)
-    return _to_bins(image, n_bits), label
+    return tf.ensure_shape(_to_bins(image, n_bits), shape), label
 
-  train, test = [
-    splits[k].map(convert, num_parallel_calls=tf.data.AUTOTUNE) for k in ('train', 'test')
-  ]
-  height, width, channels = image_shape
-  if image_size is not None:
-    height = width = image_size
-  if height is None or width is None:
-    raise DataError(f'images of {name!r} vary in size; pass --image_size to resize them.')
-  num_train = split_sizes.get('train') or _count(train)
-  num_test = split_sizes.get('test') or _count(test)
-  return DataSource(
-    name, train, test, num_train, num_test, (height, width, channels), 2**n_bits, num_classes
-  )
+  return convert
+
+
+def _empty_split(shape) -> Split:
+  return memory_split(np.zeros([0, *shape], np.uint8), np.zeros([0], np.int32))
 
 
 def _test_split(split_names):
@@ -208,7 +388,48 @@ def _test_split(split_names):
   return 'test'
 
 
-def _load_tfds(name, data_dir, download, n_bits, image_size) -> DataSource:
+def _tfds_split(builder, split, convert, shape, in_memory, what) -> Split:
+  """A prepared split read by index from its files (ArrayRecord or TFRecord), sized by its
+  metadata; without prepared files (e.g. `tfds.testing.mock_data`), read once into memory."""
+  import tensorflow_datasets as tfds
+
+  info = builder.info
+  if builder.is_prepared():
+    split_info = info.splits[split]
+    file_format = info.file_format
+    if file_format == tfds.core.FileFormat.ARRAY_RECORD:
+      reader = builder.as_data_source(
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+      )
+    elif file_format == tfds.core.FileFormat.TFRECORD:
+      reader = TFRecordReader((f.filename, f.skip, f.take) for f in split_info.file_instructions)
+    else:
+      raise DataError(
+        f'{what} is stored as {file_format.value}; expected TFDS files in array_record or '
+        'tfrecord format.'
+      )
+    files = len(split_info.file_instructions)
+    split = records_split(
+      reader,
+      lambda record: convert(info.features.deserialize_example(record)),
+      f'{files} {file_format.value} file(s)',
+    )
+    return _held(split, shape, in_memory, what)
+  if in_memory == 'never':
+    raise DataError(
+      f'{what} has no prepared files to read examples from (got in_memory="never"); '
+      'expected a prepared dataset, or in_memory="auto".'
+    )
+  images, labels = [np.zeros([0, *shape], np.uint8)], [np.zeros([0], np.int32)]
+  examples = builder.as_dataset(split=split, shuffle_files=False).map(convert).batch(1024)
+  for image, label in examples.as_numpy_iterator():
+    images.append(image.astype(np.uint8))
+    labels.append(label)
+  logging.info('%s: no prepared files; its examples are held in memory', what)
+  return memory_split(np.concatenate(images), np.concatenate(labels))
+
+
+def _load_tfds(name, data_dir, download, n_bits, image_size, in_memory) -> DataSource:
   import tensorflow_datasets as tfds
 
   try:
@@ -242,28 +463,24 @@ def _load_tfds(name, data_dir, download, n_bits, image_size) -> DataSource:
         f'--download of {name!r} failed ({type(e).__name__}: {reason}); pass --data_dir '
         'pointing at a prepared copy, or retry once the connection works.'
       ) from e
+  shape = _image_shape(name, features['image'].shape, image_size)
+  convert = _converter(shape, n_bits, image_size)
   known_splits = dict(builder.info.splits)
   test_split = _test_split(known_splits)
+  splits = {}
   try:
-    splits = {'train': builder.as_dataset(split='train', shuffle_files=False)}
-    if known_splits and test_split not in known_splits:  # Training refuses; sampling uses train.
-      splits['test'] = splits['train'].take(0)
-    else:
-      splits['test'] = builder.as_dataset(split=test_split, shuffle_files=False)
+    for key, split in (('train', 'train'), ('test', test_split)):
+      if known_splits and split not in known_splits:  # Training refuses; sampling uses train.
+        splits[key] = _empty_split(shape)
+      else:
+        splits[key] = _tfds_split(builder, split, convert, shape, in_memory, f'{name} {split}')
   except AssertionError as e:  # TFDS's "could not find data", raised at once without download.
     raise DataError(
       f'TFDS dataset {name!r} is not prepared in {data_dir or tfds.core.constants.DATA_DIR}; '
       'pass --download (needs internet) or --data_dir pointing at a prepared copy.'
     ) from e
   num_classes = features['label'].num_classes if 'label' in features else None
-  sizes = {
-    k: known_splits[s].num_examples
-    for k, s in (('train', 'train'), ('test', test_split))
-    if s in known_splits
-  }
-  return _from_features(
-    name, splits, features['image'].shape, n_bits, image_size, num_classes, sizes
-  )
+  return DataSource(name, splits['train'], splits['test'], shape, 2**n_bits, num_classes)
 
 
 def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
@@ -311,11 +528,10 @@ def _folder_split(root, split, labels=None):
     )
   files, ids = [], []
   for label in names:
-    for name in sorted(os.listdir(os.path.join(directory, label))):
-      path = os.path.join(directory, label, name)
-      if os.path.isfile(path):
-        files.append(path)
-        ids.append(labels.index(label))
+    with os.scandir(os.path.join(directory, label)) as entries:
+      paths = sorted((e.name, e.path) for e in entries if e.is_file())
+    files.extend(path for _, path in paths)
+    ids.extend([labels.index(label)] * len(paths))
   return files, ids, labels
 
 
@@ -337,17 +553,97 @@ def _inspect(path):
   return tuple(int(d) for d in image.shape)
 
 
-def _validated(files, ids, bad_files, root):
+def cache_dir() -> str:
+  """Where glow_tf keeps what it learnt about image folders: $GLOW_TF_CACHE_DIR, else
+  $XDG_CACHE_HOME/glow_tf, else ~/.cache/glow_tf."""
+  if os.environ.get(CACHE_ENV):
+    return os.environ[CACHE_ENV]
+  return os.path.join(
+    os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'glow_tf'
+  )
+
+
+def _inspected(files, directory):
+  """`(shapes, reasons)` of `files` (all under `directory`), as `_inspect` says: int32
+  `[N, 3]` shapes, zero for a file that cannot be used, and `{i: why}` for those.
+
+  A file whose size and modification time are those of an earlier inspection (kept
+  in `cache_dir()`, one file per folder split) is not opened again: loading a large
+  folder a second time costs a `stat` per file instead of a decode.
+  """
+  key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:24]
+  path = os.path.join(cache_dir(), 'folders', f'{key}.npz')
+  count = len(files)
+  stats = np.fromiter(
+    itertools.chain.from_iterable((s.st_size, s.st_mtime_ns) for s in map(os.stat, files)),
+    np.int64,
+    2 * count,
+  ).reshape(count, 2)
+  names = '\n'.join(files).encode()
+  shapes, reasons = np.zeros([count, 3], np.int32), {}
+  known = np.zeros([count], bool)
+  try:
+    with np.load(path) as cached:
+      cached_names = cached['names'].tobytes()
+      cached_stats, cached_shapes = cached['stats'], cached['shapes']
+      cached_reasons = json.loads(cached['reasons'].tobytes().decode())
+    if cached_names == names:  # The same listing: compare row by row.
+      rows = np.arange(count)
+    else:  # Files came or went: find each one's row, if it has one.
+      row_of = {n: i for i, n in enumerate(cached_names.decode().split('\n'))}
+      rows = np.array([row_of.get(f, -1) for f in files], np.int64).reshape(count)
+    found = rows >= 0
+    known[found] = (cached_stats[rows[found]] == stats[found]).all(axis=1)
+    shapes[known] = cached_shapes[rows[known]]
+    reasons = {
+      int(i): cached_reasons[str(rows[i])] for i in np.flatnonzero(known) if shapes[i, 0] == 0
+    }
+  except (OSError, ValueError, KeyError, IndexError):  # No cache yet, or an unusable one.
+    known[:] = False
+  fresh = np.flatnonzero(~known)
+  for i in fresh:
+    result = _inspect(files[i])
+    if isinstance(result, tuple):
+      shapes[i] = result
+    else:
+      shapes[i], reasons[int(i)] = 0, result
+  if len(fresh) or not os.path.exists(path):
+    partial = f'{path}.{os.getpid()}.tmp.npz'
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      np.savez(
+        partial,
+        names=np.frombuffer(names, np.uint8),
+        stats=stats,
+        shapes=shapes,
+        reasons=np.frombuffer(json.dumps(reasons).encode(), np.uint8),
+      )
+      os.replace(partial, path)
+    except OSError as e:
+      logging.warning('cannot keep the inspection of %s in %s (%s)', directory, path, e)
+      with contextlib.suppress(OSError):
+        os.remove(partial)
+  logging.info(
+    '%s: %d files, %d inspected, %d known from %s',
+    directory,
+    count,
+    len(fresh),
+    count - len(fresh),
+    path,
+  )
+  return shapes, reasons
+
+
+def _validated(files, ids, bad_files, root, directory):
   """Keeps the files that decode, in the most common channel count; logs or refuses the rest."""
-  shapes = {f: _inspect(f) for f in files}
-  channel_counts = collections.Counter(s[2] for s in shapes.values() if isinstance(s, tuple))
-  channels = channel_counts.most_common(1)[0][0] if channel_counts else None
-  bad = []
-  for f, shape in shapes.items():
-    if not isinstance(shape, tuple):
-      bad.append((f, shape))
-    elif shape[2] != channels:
-      bad.append((f, f"{shape[2]} channels where the folder's images have {channels}"))
+  shapes, reasons = _inspected(files, directory)
+  usable = shapes[:, 0] > 0
+  values, counts = np.unique(shapes[usable, 2], return_counts=True)
+  channels = int(values[np.argmax(counts)]) if len(values) else None
+  wrong_mode = usable & (shapes[:, 2] != channels)
+  for i in np.flatnonzero(wrong_mode):
+    reasons[int(i)] = f"{shapes[i, 2]} channels where the folder's images have {channels}"
+  bad = [(files[i], reasons[i]) for i in sorted(reasons)]
   if bad:
     listing = '; '.join(f'{os.path.relpath(f, root)}: {why}' for f, why in bad[:_LISTED])
     more = f' (and {len(bad) - _LISTED} more)' if len(bad) > _LISTED else ''
@@ -364,12 +660,14 @@ def _validated(files, ids, bad_files, root):
       listing,
       more,
     )
-  unusable = {f for f, _ in bad}
-  kept = [(f, i) for f, i in zip(files, ids) if f not in unusable]
-  return kept, {shapes[f][:2] for f, _ in kept}, channels, len(bad)
+  good = np.flatnonzero(usable & ~wrong_mode)
+  kept = [(files[i], ids[i]) for i in good]
+  heights, widths = shapes[good, 0].astype(np.int64), shapes[good, 1].astype(np.int64)
+  sizes = {divmod(int(k), 2**31) for k in np.unique(heights * 2**31 + widths)}
+  return kept, sizes, channels, len(bad)
 
 
-def _load_folder(path, n_bits, image_size, bad_files) -> DataSource:
+def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
   if not os.path.isdir(path):
     raise DataError(f'image folder {path!r} does not exist or is not a directory.')
   subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
@@ -384,7 +682,9 @@ def _load_folder(path, n_bits, image_size, bad_files) -> DataSource:
       splits[split] = []
       continue
     files, ids, labels = _folder_split(path, split, labels)
-    kept, split_sizes, split_channels, _ = _validated(files, ids, bad_files, path)
+    kept, split_sizes, split_channels, _ = _validated(
+      files, ids, bad_files, path, os.path.join(path, split)
+    )
     if channels is not None and split_channels not in (None, channels):
       raise DataError(
         f'the train and test images of {path!r} differ in mode: {channels} and '
@@ -403,30 +703,35 @@ def _load_folder(path, n_bits, image_size, bad_files) -> DataSource:
       )
     image_size = square.pop()
 
-  def dataset(kept):
-    files = [f for f, _ in kept]
-    ids = np.array([i for _, i in kept], np.int32)
-    files = tf.constant(files, tf.string, shape=[len(files)])  # Typed even when empty.
-    return tf.data.Dataset.from_tensor_slices((files, ids)).map(
-      lambda f, i: (
-        {
-          'image': tf.io.decode_image(
-            tf.io.read_file(f), channels=channels, expand_animations=False
-          ),
-          'label': i,
-        }
+  shape = (image_size, image_size, channels)
+  convert = _converter(shape, n_bits, image_size)
+
+  def decode(file, label):
+    image = tf.io.decode_image(tf.io.read_file(file), channels=channels, expand_animations=False)
+    return convert({'image': image, 'label': label})
+
+  def split(kept, what):
+    files = tf.constant([f for f, _ in kept], tf.string, shape=[len(kept)])  # Typed if empty.
+    ids = tf.constant([i for _, i in kept], tf.int32, shape=[len(kept)])
+    return _held(
+      Split(
+        len(kept),
+        lambda indices: (tf.gather(files, indices), tf.gather(ids, indices)),
+        decode,
+        f'{len(kept)} image files',
       ),
-      num_parallel_calls=tf.data.AUTOTUNE,
+      shape,
+      in_memory,
+      what,
     )
 
-  return _from_features(
+  return DataSource(
     FOLDER_PREFIX + path,
-    {k: dataset(v) for k, v in splits.items()},
-    (None, None, channels),
-    n_bits,
-    image_size,
+    split(splits['train'], f'{path}/train'),
+    split(splits['test'], f'{path}/test'),
+    shape,
+    2**n_bits,
     len(labels) if labels and len(labels) > 1 else None,
-    {k: len(v) for k, v in splits.items()},
   )
 
 
@@ -437,6 +742,7 @@ def load(
   n_bits: int | None = None,
   image_size: int | None = None,
   bad_files: str = 'skip',
+  in_memory: str = 'auto',
 ) -> DataSource:
   """Loads `dataset`: 'digits', 'folder:PATH', or a TFDS name.
 
@@ -451,6 +757,9 @@ def load(
     bad_files: for image folders, what to do with files that are unreadable, not
       images, not 8-bit, or of another channel count than most: 'skip' them
       (logged with their names) or 'fail' with the list.
+    in_memory: hold the decoded splits in memory: 'auto' (when a split takes at most
+      IN_MEMORY_BYTES decoded; said in the log), 'always', or 'never' (read each
+      batch's examples from the prepared files or the image files).
 
   Raises:
     DataError: for anything that makes the dataset unusable, with the reason.
@@ -463,6 +772,7 @@ def load(
       image_size=image_size,
       n_bits=n_bits,
       bad_files=bad_files,
+      in_memory=in_memory,
     )
   )
 
@@ -482,10 +792,16 @@ def load_config(config: DataConfig) -> DataSource:
       8 if n_bits is None else n_bits,
       config.image_size,
       config.bad_files,
+      config.in_memory,
     )
   else:
     source = _load_tfds(
-      dataset, config.data_dir, config.download, 8 if n_bits is None else n_bits, config.image_size
+      dataset,
+      config.data_dir,
+      config.download,
+      8 if n_bits is None else n_bits,
+      config.image_size,
+      config.in_memory,
     )
   if source.num_train == 0:
     raise DataError(f'dataset {dataset!r} has no training images.')
@@ -515,19 +831,69 @@ def check_splits(source: DataSource, global_batch: int) -> None:
     )
 
 
-def _per_replica(batches, input_context, global_batch):
-  """This worker's replicas' shares of each global batch, one per-replica batch at a time."""
+def _share(input_context, global_batch):
+  """`(first, count, replicas)`: this worker's rows `[first, first + count)` of a global
+  batch, split evenly over its `replicas` (all rows and 1 without `input_context`)."""
+  if input_context is None:
+    return 0, global_batch, 1
   replicas = input_context.num_replicas_in_sync
-  local = replicas // input_context.num_input_pipelines
-  first = input_context.input_pipeline_id * local
-
-  def share(*tensors):
-    return tuple(
-      tf.reshape(t, [replicas, global_batch // replicas, *t.shape[1:]])[first : first + local]
-      for t in tensors
+  if global_batch % replicas or replicas % input_context.num_input_pipelines:
+    raise DataError(
+      f'a global batch of {global_batch} over {replicas} replicas and '
+      f'{input_context.num_input_pipelines} input pipelines: expected the batch divisible '
+      'by the replicas and the replicas by the pipelines.'
     )
+  local = replicas // input_context.num_input_pipelines
+  per_replica = global_batch // replicas
+  return input_context.input_pipeline_id * local * per_replica, local * per_replica, local
 
-  return batches.map(share).unbatch()
+
+def _batches(split, steps, indices, global_batch, num_bins, seed, input_context):
+  """`(x, label)` for each `step` of `steps`: this worker's rows of the global batch
+  whose examples are `indices(step, rows)` (rows: int64 positions in the global batch),
+  dequantised with the noise those rows get in the global batch, seed `(seed, step)`;
+  then one per-replica batch at a time when `input_context` is given."""
+  first, count, replicas = _share(input_context, global_batch)
+  rows = tf.range(first, first + count, dtype=tf.int64)
+  examples = (
+    steps.map(lambda step: split.fetch(indices(step, rows)), num_parallel_calls=tf.data.AUTOTUNE)
+    .unbatch()
+    .map(split.decode, num_parallel_calls=tf.data.AUTOTUNE)
+    .batch(count, drop_remainder=True)
+  )
+
+  batches = tf.data.Dataset.zip((steps, examples)).map(
+    lambda step, batch: (
+      dequantize(batch[0], num_bins, tf.stack([seed, step]), (first, global_batch)),
+      batch[1],
+    ),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  if input_context is not None:
+    batches = batches.map(
+      lambda *tensors: tuple(
+        tf.reshape(t, [replicas, count // replicas, *t.shape[1:]]) for t in tensors
+      )
+    ).unbatch()
+  return batches
+
+
+def epoch_indices(positions, num_examples: int, seed: int):
+  """The example at each position of the stream of epochs: epoch `e = p // N` is the
+  permutation `index_shuffle(., seed=(seed, e, 0))` of `[0, N)`, computed per position
+  (no permutation is held), so any position is found in O(1)."""
+  positions = tf.convert_to_tensor(positions, tf.int64)
+  epoch, offset = positions // num_examples, positions % num_examples
+  seeds = tf.stack(
+    [tf.fill(tf.shape(epoch), tf.cast(seed, tf.int64)), epoch, tf.zeros_like(epoch)], axis=-1
+  )
+  # The raw op: tf.random.experimental.index_shuffle pads a [n, 2] seed along the wrong axis.
+  return tf.raw_ops.RandomIndexShuffle(
+    index=offset,
+    seed=seeds,
+    max_index=tf.fill(tf.shape(offset), tf.constant(num_examples - 1, tf.int64)),
+    rounds=4,
+  )
 
 
 def train_dataset(
@@ -536,33 +902,27 @@ def train_dataset(
   seed: int,
   start_step: int = 0,
   input_context: tf.distribute.InputContext | None = None,
-  shuffle_buffer: int = 50_000,
 ) -> tf.data.Dataset:
   """Endless `(x, label)` training batches from step `start_step` on.
 
-  Epoch `e` is shuffled with seed `(seed, e)`; batch `i` is dequantised with seed
-  `(seed, i)`. Without `input_context`, yields global batches; with it (from
-  `strategy.distribute_datasets_from_function`), yields this worker's
-  per-replica slices of the same global batches.
+  Global batch `i` holds the examples at positions `[i B, (i + 1) B)` of the stream
+  of epochs (`epoch_indices`), dequantised with seed `(seed, i)`. Starting at any
+  step reads nothing before it. Without `input_context`, yields global batches;
+  with it (from `strategy.distribute_datasets_from_function`), yields this worker's
+  per-replica slices of the same global batches, reading only their examples.
   """
-  examples = source.train.cache()
-  buffer = min(shuffle_buffer, source.num_train)
-
-  def epoch(index):
-    return examples.shuffle(buffer, seed=seed * 1_000_003 + index, reshuffle_each_iteration=False)
-
-  first_example = start_step * global_batch
-  first_epoch, offset = divmod(first_example, source.num_train)
-  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(offset)
-  batches = tf.data.Dataset.zip(
-    (tf.data.Dataset.range(start_step, 2**62), stream.batch(global_batch, drop_remainder=True))
+  split = source.train_split
+  if split.num_examples == 0:
+    raise DataError(f'dataset {source.name!r} has no training images.')
+  batches = _batches(
+    split,
+    tf.data.Dataset.range(start_step, 2**62),
+    lambda step, rows: epoch_indices(step * global_batch + rows, split.num_examples, seed),
+    global_batch,
+    source.num_bins,
+    seed,
+    input_context,
   )
-  batches = batches.map(
-    lambda step, batch: (dequantize(batch[0], source.num_bins, tf.stack([seed, step])), batch[1]),
-    num_parallel_calls=tf.data.AUTOTUNE,
-  )
-  if input_context is not None:
-    batches = _per_replica(batches, input_context, global_batch)
   return batches.prefetch(tf.data.AUTOTUNE)
 
 
@@ -577,30 +937,30 @@ def eval_dataset(
   The last batch is padded to a full global batch with weight-0 copies, so every
   replica gets equal batches and `sum(weight * bpd) / sum(weight)` is exact.
   """
-  if source.num_test == 0:
+  split = source.test_split
+  if split.num_examples == 0:
     raise DataError(f'dataset {source.name!r} has no test images to evaluate on.')
-  padded = math.ceil(source.num_test / global_batch) * global_batch
-  weights = tf.data.Dataset.from_tensor_slices(np.arange(padded) < source.num_test).map(
-    lambda w: tf.cast(w, tf.float32)
+  num_batches = math.ceil(split.num_examples / global_batch)
+  first, count, replicas = _share(input_context, global_batch)
+  # Batch b is dequantised with seed (seed, -1 - b): never a training batch's noise.
+  batches = _batches(
+    split,
+    tf.data.Dataset.range(-1, -1 - num_batches, -1),
+    lambda step, rows: ((-1 - step) * global_batch + rows) % split.num_examples,
+    global_batch,
+    source.num_bins,
+    seed,
+    input_context,
   )
-  # No cache: each evaluation builds this dataset anew, so a cache would be filled and
-  # dropped every time, and a reader that takes one batch (the health figures) would
-  # leave it partly filled, which tf.data reports with a warning. The padding reads
-  # the first `padded - num_test` images once more; their weight is 0.
-  examples = source.test.repeat().take(padded)
-  batches = tf.data.Dataset.zip(
-    (
-      tf.data.Dataset.range(padded // global_batch),
-      tf.data.Dataset.zip((examples, weights)).batch(global_batch),
-    )
-  )
-  batches = batches.map(
-    lambda index, batch: (
-      dequantize(batch[0][0], source.num_bins, tf.stack([seed, -1 - index])),
-      batch[0][1],
-      batch[1],
+  # Positions past the end wrap around (weight 0).
+  weights = tf.data.Dataset.range(num_batches).map(
+    lambda b: tf.cast(
+      b * global_batch + tf.range(first, first + count, dtype=tf.int64) < split.num_examples,
+      tf.float32,
     )
   )
   if input_context is not None:
-    batches = _per_replica(batches, input_context, global_batch)
-  return batches.prefetch(tf.data.AUTOTUNE)
+    weights = weights.map(lambda w: tf.reshape(w, [replicas, count // replicas])).unbatch()
+  return (
+    tf.data.Dataset.zip((batches, weights)).map(lambda b, w: (*b, w)).prefetch(tf.data.AUTOTUNE)
+  )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from glow_tf.tools import benchmark
+from glow_tf.tools import benchmark, data_benchmark
 
 FACTS = dict(
   date='2026-11-23', cpu='test cpu', cores=2, python='3', tensorflow='2', tensorflow_probability='0'
@@ -189,3 +189,77 @@ def test_bad_flags_are_one_line_errors(args, message):
   )
   assert result.returncode == 2 and message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+DATA_FIGURES = {
+  ('data_memory', 'array_record', 30_000): dict(load_s=0.3, peak_rss_mib=800.0, img_s=5000.0),
+  ('data_memory', 'array_record', 300_000): dict(load_s=0.4, peak_rss_mib=880.0, img_s=4000.0),
+  ('data_resume', 'array_record', 300_000): dict(load_s=0.4, cold_s=3.0, resume_s=0.5, step=9),
+  ('data_workers', 'array_record', 300_000, 1): dict(decoded=1000, steps=200),
+  ('data_workers', 'array_record', 300_000, 2): dict(decoded_by_worker=[600, 500], steps=200),
+  ('data_memory', 'folder', 30_000): dict(error='MemoryError'),
+}
+
+
+def test_data_report_judges_its_targets_and_names_failures():
+  lines = data_benchmark.report(DATA_FIGURES, (30_000, 300_000), 64, 1000)
+  text = '\n'.join(lines)
+  assert (
+    '| array_record | 300,000 | 880 | 4000 | 0.40 | 3.00 | 0.50 | 1000 | 600 / 500 | 0.60x |'
+    in text
+  )
+  verdicts = dict(re.findall(r'^\| (.+?) \| [^|]+ \| (yes|no) \|$', text, re.M))
+  rss = 'peak RSS, largest vs smallest size (array_record, 300,000 vs 30,000) <= 1.20'
+  assert verdicts[rss] == 'yes'  # 1.10
+  key = 'load + first batch when resuming late (warm process), s (array_record, 300,000) <= 2.00'
+  assert verdicts[key] == 'yes'  # 0.9
+  decoded = 'examples decoded per worker, 2 loopback workers vs 1 (array_record) <= 0.55'
+  assert verdicts[decoded] == 'no'  # the busier worker: 0.6
+  assert verdicts['input img/s vs training step (25 img/s) (array_record) >= 5.00'] == 'yes'
+  assert "Measurement ('data_memory', 'folder', 30000) failed: MemoryError" in text
+
+
+def test_the_data_workers_measure_what_they_say(tmp_path):
+  paths = data_benchmark.prepare(str(tmp_path), 1000, data_benchmark.FORMATS, lambda _: None)
+  assert sorted(paths) == sorted(data_benchmark.FORMATS)
+  steps = data_benchmark.WORKER_STEPS
+  for fmt, path in paths.items():
+    base = dict(format=fmt, path=path, batch=50, batches=5)
+    memory = data_benchmark.run_worker(dict(base, kind='data_memory'))
+    assert memory['peak_rss_mib'] > 0 and memory['img_s'] > 0
+    resume = data_benchmark.run_worker(dict(base, kind='data_resume'))
+    assert resume['step'] == 3950 // 50 and 0 < resume['resume_s'] < resume['cold_s'] + 5
+    one = data_benchmark.run_worker(dict(base, kind='data_workers'))
+    assert steps * 50 <= one['decoded'] < (steps + 20) * 50  # its steps and some read ahead
+  assert sorted(os.listdir(os.path.join(paths['folder'], 'train'))) == [
+    f'class{i}' for i in range(10)
+  ]
+
+
+@pytest.mark.slow
+def test_two_loopback_workers_each_decode_half(tmp_path):
+  paths = data_benchmark.prepare(str(tmp_path), 1000, log=lambda _: None)
+  spec = dict(format='array_record', path=paths['array_record'], batch=50, kind='data_loopback')
+  figures = data_benchmark.spawn_loopback(spec, timeout=300)
+  assert figures.get('pipelines') == 2 and figures['replicas'] == 2, figures
+  steps = data_benchmark.WORKER_STEPS
+  for decoded in figures['decoded_by_worker']:
+    assert steps * 25 <= decoded < (steps + 20) * 25
+
+
+@pytest.mark.parametrize(
+  'flag, message',
+  [
+    ('--data_sizes=10', 'data_sizes must be one or more sizes >= 1000; got (10,)'),
+    ('--data_formats=csv', "data_formats must be some of ['array_record', 'tfrecord', 'folder']"),
+  ],
+)
+def test_bad_data_flags_are_one_line_errors(flag, message):
+  result = subprocess.run(
+    [sys.executable, '-m', 'glow_tf.benchmark', '--measures=data', flag],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert message in result.stderr and 'Traceback' not in result.stderr

@@ -1,6 +1,8 @@
 """Tests of glow_tf.data: sources (digits, mock TFDS, image folders) and the pipeline."""
 
+import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -10,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from glow_tf import errors
 from glow_tf.model import pixels
+from glow_tf.tools import synthetic_data
 from glow_tf.training import data
 
 
@@ -262,7 +265,6 @@ def test_a_download_that_fails_midway_is_one_line(tmp_path, monkeypatch):
 
 def test_the_reachability_probe_against_a_local_server(monkeypatch):
   import http.server
-  import threading
 
   for name in ('http_proxy', 'HTTP_PROXY', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
     monkeypatch.delenv(name, raising=False)
@@ -324,3 +326,254 @@ def test_a_folder_test_class_unknown_to_train_is_refused(tmp_path):
   write_folder(root, splits=('test',), labels=('a', 'z'))
   with pytest.raises(errors.DataError, match=r"has classes \['z'\] that .*train' does not"):
     data.load(f'folder:{root}')
+
+
+# ---- Datasets at scale: random access by index, each worker its share, resume in O(1) ----
+
+NUM_PREPARED = 100  # Training images of the prepared datasets below.
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+  """Version directories of one synthetic dataset prepared in both TFDS file formats."""
+  root = tmp_path_factory.mktemp('prepared')
+  return {
+    file_format: synthetic_data.prepare_tfds(
+      str(root / file_format), NUM_PREPARED, 30, size=8, file_format=file_format
+    )
+    for file_format in synthetic_data.FILE_FORMATS
+  }
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  return synthetic_data.write_folder(str(tmp_path_factory.mktemp('folder')), NUM_PREPARED, 30, 8)
+
+
+def streamed(prepared, folder):
+  """The same 100 images as streamed ArrayRecord and TFRecord sources, and 100 in a folder."""
+  sources = {
+    k: data.load('synthetic_images', data_dir=v, in_memory='never') for k, v in prepared.items()
+  }
+  sources['folder'] = data.load(f'folder:{folder}', in_memory='never')
+  return sources
+
+
+def logged(split):
+  """`split` whose fetches log the indices asked for (every read goes through a fetch)."""
+  log = []
+
+  def record(indices):
+    log.append(indices.copy())
+    return indices
+
+  def fetch(indices):
+    indices = tf.ensure_shape(tf.numpy_function(record, [indices], tf.int64), indices.shape)
+    return split.fetch(indices)
+
+  return dataclasses.replace(split, fetch=fetch), log
+
+
+def test_an_epoch_is_a_permutation_found_per_position():
+  n = 1497
+  first = data.epoch_indices(np.arange(n), n, seed=3).numpy()
+  np.testing.assert_array_equal(np.sort(first), np.arange(n))
+  second = data.epoch_indices(np.arange(n, 2 * n), n, seed=3).numpy()
+  np.testing.assert_array_equal(np.sort(second), np.arange(n))
+  assert not np.array_equal(first, second) and not np.array_equal(first, np.arange(n))
+  late = data.epoch_indices([5 * n + 7], n, seed=3).numpy()
+  np.testing.assert_array_equal(late, data.epoch_indices(np.arange(5 * n, 6 * n), n, 3)[7:8])
+  assert not np.array_equal(first, data.epoch_indices(np.arange(n), n, seed=4).numpy())
+
+
+def test_a_training_epoch_holds_every_example_once():
+  source = data.load('digits')
+  (images, _), _ = data.digits_arrays()
+  batches = take(data.train_dataset(source, 1497 // 3, seed=3), 3)
+  seen = np.concatenate([pixels.to_pixels(b[0], 17) for b in batches])
+  rows = sorted(x.tobytes() for x in seen)
+  assert rows == sorted(x.tobytes() for x in images)
+
+
+def test_streamed_sources_give_the_same_batches_as_memory(prepared, folder):
+  sources = streamed(prepared, folder)
+  for name, source in sources.items():
+    assert source.train_split.storage != 'memory', name
+    assert (source.num_train, source.num_test, source.image_shape) == (100, 30, (8, 8, 3))
+  memory = {
+    name: data.load('synthetic_images', data_dir=prepared['tfrecord'], in_memory='always')
+    for name in prepared
+  }
+  memory['folder'] = data.load(f'folder:{folder}', in_memory='always')
+  for name, source in sources.items():
+    assert memory[name].train_split.storage == 'memory'
+    expected = take(data.train_dataset(memory[name], 16, seed=5, start_step=3), 8)  # 2 epochs
+    for a, b in zip(expected, take(data.train_dataset(source, 16, seed=5, start_step=3), 8)):
+      np.testing.assert_array_equal(a[0], b[0], err_msg=name)
+      np.testing.assert_array_equal(a[1], b[1], err_msg=name)
+    expected = take(data.eval_dataset(memory[name], 16, seed=5), 10)
+    for a, b in zip(expected, take(data.eval_dataset(source, 16, seed=5), 10)):
+      for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y, err_msg=name)
+  # And they hold the images written (TFDS stores them in an order of its own).
+  written = {(i.tobytes(), y) for _, i, y in synthetic_data.synthetic_images('train', 100, 8)}
+  for name, source in sources.items():
+    assert {(np.asarray(i, np.uint8).tobytes(), int(y)) for i, y in source.train} == written, name
+
+
+def test_split_sizes_come_from_metadata_without_reading(prepared, monkeypatch):
+  reads = []
+  real = data.TFRecordReader.__getitems__
+  monkeypatch.setattr(
+    data.TFRecordReader, '__getitems__', lambda self, i: reads.append(len(i)) or real(self, i)
+  )
+  source = data.load('synthetic_images', data_dir=prepared['tfrecord'], in_memory='never')
+  assert (source.num_train, source.num_test) == (100, 30) and reads == []
+  take(data.train_dataset(source, 10, seed=0), 1)
+  assert reads and set(reads) == {10}  # whole batches: the first, and those read ahead
+
+
+def batch_indices(step, batch, seed, rows=None):
+  rows = np.arange(batch) if rows is None else rows
+  return tuple(data.epoch_indices(step * batch + rows, NUM_PREPARED, seed).numpy())
+
+
+@pytest.mark.parametrize('kind', ['array_record', 'tfrecord', 'folder'])
+def test_resuming_late_reads_no_example_before_the_first_batch(prepared, folder, kind):
+  """Every read is a whole batch of the resumed stream: the first, or one read ahead."""
+  source = streamed(prepared, folder)[kind]
+  step, batch = 123, 8  # position 984: epoch 9, offset 84 of 100
+  split, log = logged(source.train_split)
+  resumed = iter(data.train_dataset(dataclasses.replace(source, train_split=split), 8, 2, step))
+  started = time.time()
+  x, _ = next(resumed)
+  assert time.time() - started < 10
+  del resumed
+  time.sleep(0.5)  # Reads ahead in flight end.
+  later = {batch_indices(step + j, batch, seed=2): j for j in range(64)}
+  fetched = [later.get(tuple(indices), f'not a batch from step {step} on') for indices in log]
+  assert fetched[: fetched.index(0) + 1].count(0) == 1 and all(isinstance(j, int) for j in fetched)
+  assert len(set(fetched)) == len(fetched)  # each batch read once
+  straight = take(data.train_dataset(source, batch, seed=2), step + 1)[step]
+  np.testing.assert_array_equal(x, straight[0])
+
+
+def test_each_worker_reads_only_its_replicas_examples(prepared):
+  source = data.load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
+  steps, batch = 3, 8
+  global_batches = take(data.train_dataset(source, batch, seed=1), steps)
+  for pipeline in range(2):
+    context = tf.distribute.InputContext(
+      num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=4
+    )
+    split, log = logged(source.train_split)
+    worker = dataclasses.replace(source, train_split=split)
+    slices = take(data.train_dataset(worker, batch, seed=1, input_context=context), 2 * steps)
+    for s in range(steps):  # Its two replicas' rows of each global batch.
+      got = np.concatenate([slices[2 * s][0], slices[2 * s + 1][0]])
+      np.testing.assert_array_equal(got, global_batches[s][0][pipeline * 4 : pipeline * 4 + 4])
+    own = {batch_indices(s, batch, 1, pipeline * 4 + np.arange(4)) for s in range(64)}
+    assert {tuple(indices) for indices in log} <= own  # read ahead too, but only its rows
+    assert len(log) >= steps and all(len(indices) == 4 for indices in log)
+
+
+def test_small_splits_are_held_in_memory_automatically_and_it_is_logged(prepared, caplog):
+  with caplog.at_level('INFO'):
+    small = data.load('synthetic_images', data_dir=prepared['array_record'])
+  assert small.train_split.storage == 'memory'
+  assert 'synthetic_images train: 100 examples (0 MiB decoded) held in memory' in caplog.text
+  caplog.clear()
+  with caplog.at_level('INFO'):
+    large = data.load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
+  assert large.train_split.storage == '1 array_record file(s)'
+  assert 'read on demand from 1 array_record file(s) (in_memory=never)' in caplog.text
+
+
+def test_the_in_memory_limit_decides_auto(prepared, monkeypatch):
+  monkeypatch.setattr(data, 'IN_MEMORY_BYTES', 100 * 8 * 8 * 3 - 1)  # one byte too few
+  source = data.load('synthetic_images', data_dir=prepared['tfrecord'])
+  assert source.train_split.storage == '1 tfrecord file(s)'
+  assert source.test_split.storage == 'memory'  # 30 images fit
+
+
+def test_in_memory_never_without_prepared_files_is_refused():
+  with tfds.testing.mock_data(num_examples=12):
+    with pytest.raises(
+      errors.DataError,
+      match=r'mnist train has no prepared files to read examples from \(got in_memory="never"\)',
+    ):
+      data.load('mnist', in_memory='never')
+
+
+def test_a_bad_in_memory_value_is_named():
+  with pytest.raises(
+    errors.ConfigError, match=r"in_memory must be one of \('auto', 'always', 'never'\); got 'yes'"
+  ):
+    data.load('digits', in_memory='yes')
+
+
+def test_a_tfrecord_index_out_of_range_is_named(prepared):
+  (path,) = [f for f in os.listdir(prepared['tfrecord']) if '-train.tfrecord' in f]
+  reader = data.TFRecordReader([(os.path.join(prepared['tfrecord'], path), 0, NUM_PREPARED)])
+  assert len(reader.__getitems__([99, 0, 99])) == 3
+  with pytest.raises(IndexError, match=r'record indices must be in \[0, 100\); got \[3, 100\]'):
+    reader.__getitems__([3, 100])
+
+
+def test_a_batch_not_divisible_over_replicas_is_named():
+  context = tf.distribute.InputContext(
+    num_input_pipelines=2, input_pipeline_id=0, num_replicas_in_sync=4
+  )
+  with pytest.raises(errors.DataError, match=r'a global batch of 10 over 4 replicas and 2 input'):
+    data.train_dataset(data.load('digits'), 10, seed=0, input_context=context)
+
+
+def test_a_share_of_a_batch_gets_the_global_batch_noise():
+  bins = tf.zeros([8, 2, 2, 1], tf.int32)
+  whole = pixels.dequantize(bins, 4, seed=[1, 2])
+  np.testing.assert_array_equal(pixels.dequantize(bins[4:6], 4, [1, 2], rows=(4, 8)), whole[4:6])
+
+
+def test_a_truncated_tfrecord_file_is_named(prepared, tmp_path):
+  (name,) = [f for f in os.listdir(prepared['tfrecord']) if '-train.tfrecord' in f]
+  with open(os.path.join(prepared['tfrecord'], name), 'rb') as f:
+    contents = f.read()
+  path = str(tmp_path / name)
+  with open(path, 'wb') as f:
+    f.write(contents[:-100])
+  reader = data.TFRecordReader([(path, 0, NUM_PREPARED)])
+  with pytest.raises(errors.DataError, match=r'ends inside a record at byte \d+ \(size \d+\)'):
+    reader.__getitems__([0])
+
+
+def test_a_folder_loaded_again_opens_only_changed_files(tmp_path, monkeypatch, caplog):
+  root = write_folder(str(tmp_path / 'images'))
+  inspected = []
+  real = data._inspect
+  monkeypatch.setattr(data, '_inspect', lambda f: inspected.append(f) or real(f))
+  first = data.load(f'folder:{root}')
+  assert len(inspected) == 12
+  inspected.clear()
+  again = data.load(f'folder:{root}')
+  assert inspected == [] and (again.num_train, again.num_test) == (6, 6)
+  np.testing.assert_array_equal(
+    take(data.train_dataset(first, 4, seed=0), 1)[0][0],
+    take(data.train_dataset(again, 4, seed=0), 1)[0][0],
+  )
+  changed = os.path.join(root, 'train', 'a', '1.png')
+  with open(changed, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + b'broken')
+  with caplog.at_level('WARNING'):
+    after = data.load(f'folder:{root}')
+  assert inspected == [changed] and after.num_train == 5
+  assert 'skipping 1 of 6 files' in caplog.text
+
+
+def test_an_unwritable_cache_is_a_warning(tmp_path, monkeypatch, caplog):
+  root = write_folder(str(tmp_path / 'images'))
+  (tmp_path / 'file').write_text('not a directory')
+  monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / 'file' / 'cache'))
+  with caplog.at_level('WARNING'):
+    source = data.load(f'folder:{root}')
+  assert source.num_train == 6
+  assert 'cannot keep the inspection of' in caplog.text

@@ -112,8 +112,10 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, digits, precision):
   for layer in (m for m in mirrored.flow.submodules if isinstance(m, nn.ActNormLayer)):
     first, second = mirrored_strategy.experimental_local_results(layer.log_scale)
     np.testing.assert_array_equal(first, second)
-  # float16 gradients of 8 images per replica round differently from those of 16.
-  rtol, atol = (1e-4, 1e-6) if precision == 'float32' else (1e-3, 1e-5)
+  # float16 gradients of 8 images per replica round differently from those of 16;
+  # Adamax's normalised update then moves a weight by up to lr = 1e-3 per step either
+  # way, so 1e-4 still catches any replica applying another update.
+  rtol, atol = (1e-4, 1e-6) if precision == 'float32' else (1e-3, 1e-4)
   single_it, mirrored_it = single.train_iterator(), mirrored.train_iterator()
   for _ in range(4):
     a, b = single.train_step(single_it), mirrored.train_step(mirrored_it)
