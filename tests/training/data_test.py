@@ -478,12 +478,14 @@ def test_each_worker_reads_only_its_replicas_examples(prepared):
 
 
 def test_small_splits_are_held_in_memory_automatically_and_it_is_logged(prepared, caplog):
-  with caplog.at_level('INFO'):
+  # The absl logger's own level too: a CLI run earlier in this process (absl's app.run)
+  # leaves it at WARNING.
+  with caplog.at_level('INFO', logger='absl'):
     small = data.load('synthetic_images', data_dir=prepared['array_record'])
   assert small.train_split.storage == 'memory'
   assert 'synthetic_images train: 100 examples (0 MiB decoded) held in memory' in caplog.text
   caplog.clear()
-  with caplog.at_level('INFO'):
+  with caplog.at_level('INFO', logger='absl'):
     large = data.load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
   assert large.train_split.storage == '1 array_record file(s)'
   assert 'read on demand from 1 array_record file(s) (in_memory=never)' in caplog.text
