@@ -296,14 +296,6 @@ def _train_step_fn(spec, flow, variables):
   return step
 
 
-def _status(key):
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(key):
-        return int(line.split()[1]) / 1024.0
-  return float('nan')
-
-
 def _synthetic_source(shape: Shape, count: int = 64):
   """Uniform random 8-bit images as a DataSource: the Trainer's own input path, no files."""
   rng = np.random.default_rng(0)
@@ -423,11 +415,11 @@ def run_worker(spec):
   results['first_step_s'] = time.perf_counter() - start
   _block(step(x))
   if spec['kind'] == 'memory':
-    before = _status('VmRSS')
+    before = data_benchmark.proc_status_mib('VmRSS')
     with open('/proc/self/clear_refs', 'w') as f:
       f.write('5')  # Resets the peak (VmHWM) to the current resident size.
     _timed(lambda: step(x), 1, steps)
-    peak = _status('VmHWM')
+    peak = data_benchmark.proc_status_mib('VmHWM')
     results.update(rss_before_mib=before, peak_rss_mib=peak, step_mib=peak - before)
     return results
   results['train_img_s'] = [shape.batch_size / t for t in _timed(lambda: step(x), repeats, steps)]

@@ -68,7 +68,8 @@ def prepare(root: str, size: int, formats=DEFAULT_FORMATS, log=print) -> dict[st
   return paths
 
 
-def _status(key):
+def proc_status_mib(key: str) -> float:
+  """A memory figure of this process from /proc/self/status (e.g. 'VmHWM'), in MiB."""
   with open('/proc/self/status') as f:
     for line in f:
       if line.startswith(key):
@@ -106,7 +107,7 @@ def run_worker(spec):
     seconds = time.perf_counter() - started
     return dict(
       load_s=load_s,
-      peak_rss_mib=_status('VmHWM'),
+      peak_rss_mib=proc_status_mib('VmHWM'),
       img_s=(spec['batches'] - 1) * batch / seconds,
     )
   if spec['kind'] == 'data_resume':
