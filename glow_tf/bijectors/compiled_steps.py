@@ -112,21 +112,21 @@ class CompiledSteps:
     )
     return x, grads[0], grads[1:]
 
+  def _chain(self, step_fn, t, order):
+    """`step_fn` through the steps in `order`, summing their log-dets."""
+    log_det = tf.zeros([], t.dtype)
+    for k in order:
+      t, step_log_det = step_fn(t, self._values(k))
+      log_det += step_log_det
+    return t, log_det
+
   def forward(self, x):
     """`(y, log_det)` of every step in order, log-det per example."""
-    log_det = tf.zeros([], x.dtype)
-    for k in range(len(self._steps)):
-      x, step_log_det = self._forward(x, self._values(k))
-      log_det += step_log_det
-    return x, log_det
+    return self._chain(self._forward, x, range(len(self._steps)))
 
   def inverse(self, y):
     """`(x, log_det)` of every step's inverse, last step first."""
-    log_det = tf.zeros([], y.dtype)
-    for k in reversed(range(len(self._steps))):
-      y, step_log_det = self._inverse(y, self._values(k))
-      log_det += step_log_det
-    return y, log_det
+    return self._chain(self._inverse, y, reversed(range(len(self._steps))))
 
   def backward(self, y, dy, d_log_det, grads: dict, after=()):
     """Backpropagates `dy` (and `d_log_det` per example) from the last step to the first.

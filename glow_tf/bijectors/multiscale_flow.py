@@ -155,14 +155,19 @@ class MultiScaleFlow(FlowBijector):
     initialisation (which runs layer by layer, eagerly), and inside
     `compiled_steps.per_layer()`.
     """
-    steps = self.steps(index)
-    parts = self.level_parts(index)
-    trailing = steps and all(a is b for a, b in zip(parts[-len(steps) :], steps))
     if not self._compile_steps or nn.initializing() or compiled_lib.per_layer_active():
       return None
-    if not trailing:
-      return None
+    steps, parts = self.steps(index), self.level_parts(index)
+    if not steps or any(a is not b for a, b in zip(parts[-len(steps) :], steps)):
+      return None  # Not the level's trailing parts.
     return compiled_lib.compiled_steps(self, index, steps)
+
+  def run_plan(self, index: int) -> tuple[list[tfb.Bijector], compiled_lib.CompiledSteps | None]:
+    """How level `index` runs, image -> latent: `(parts run one by one, then the
+    compiled steps or None)`. Its inverse runs the compiled steps first, then the
+    parts in reverse."""
+    parts, compiled = self.level_parts(index), self.compiled_steps(index)
+    return (parts[: len(parts) - len(compiled.steps)] if compiled else parts), compiled
 
   def stages(self) -> list[tuple[list[tfb.Bijector], tfb.Bijector | None]]:
     """Per level, image -> latent: `(its parts in order, the split prior after it or None)`."""
@@ -203,9 +208,9 @@ class MultiScaleFlow(FlowBijector):
   def _forward_pass(self, x):
     h, log_det = x, tf.zeros([], x.dtype)
     latents = []
-    for index, (parts, prior) in enumerate(self.stages()):
-      compiled = self.compiled_steps(index)
-      for part in parts[: len(parts) - len(compiled.steps)] if compiled else parts:
+    for index, (_, prior) in enumerate(self.stages()):
+      parts, compiled = self.run_plan(index)
+      for part in parts:
         h, log_det = _forward(part, h, log_det)
       if compiled:
         h, steps_log_det = compiled.forward(h)
@@ -219,16 +224,16 @@ class MultiScaleFlow(FlowBijector):
   def _inverse_pass(self, y):
     *factored, h = self.split_latents(y)
     log_det = tf.zeros([], y.dtype)
-    for index, ((parts, prior), eps) in reversed(
+    for index, ((_, prior), eps) in reversed(
       list(enumerate(zip(self.stages(), factored + [None])))
     ):
       if prior is not None:
         h, log_det = _inverse(prior, tf.concat([h, eps], axis=-1), log_det)
-      compiled = self.compiled_steps(index)
+      parts, compiled = self.run_plan(index)
       if compiled:
         h, steps_log_det = compiled.inverse(h)
         log_det += steps_log_det
-      for part in reversed(parts[: len(parts) - len(compiled.steps)] if compiled else parts):
+      for part in reversed(parts):
         h, log_det = _inverse(part, h, log_det)
     return h, log_det
 

@@ -105,9 +105,9 @@ def loss_and_gradients(
   # Forward, no tape: only the factored-out latents and the top latent are kept.
   h, log_det = x, tf.zeros([batch_size], x.dtype)
   factored = []
-  for index, (parts, prior) in enumerate(multiscale.stages()):
-    compiled = multiscale.compiled_steps(index)
-    for part in parts[: len(parts) - len(compiled.steps)] if compiled else parts:
+  for index, (_, prior) in enumerate(multiscale.stages()):
+    parts, compiled = multiscale.run_plan(index)
+    for part in parts:
       h, part_log_det = forward_and_log_det(part, h)
       log_det += part_log_det
     if compiled:
@@ -140,15 +140,15 @@ def loss_and_gradients(
 
   # Backward: rebuild each part's input from its output, one part at a time.
   done = []
-  for index, ((parts, prior), eps, d_eps) in reversed(
+  for index, ((_, prior), eps, d_eps) in reversed(
     list(enumerate(zip(multiscale.stages(), factored + [None], list(d_factored) + [None])))
   ):
     if prior is not None:
       y, dy = tf.concat([h, eps], axis=-1), tf.concat([dh, d_eps], axis=-1)
       h, dh, done = _backprop(prior, y, dy, d_log_det, grads, done)
-    compiled = multiscale.compiled_steps(index)
+    parts, compiled = multiscale.run_plan(index)
     if compiled:  # The K steps, one traced step's activations at a time.
       h, dh, done = compiled.backward(h, dh, d_log_det, grads, done)
-    for part in reversed(parts[: len(parts) - len(compiled.steps)] if compiled else parts):
+    for part in reversed(parts):
       h, dh, done = _backprop(part, h, dh, d_log_det, grads, done)
   return losses, bpd, [grads[v.ref()] if v.ref() in grads else tf.zeros_like(v) for v in variables]

@@ -39,6 +39,19 @@ def values(variables):
   return [v.numpy().copy() for v in variables]
 
 
+def assert_train_alike(first, second, steps, grad_rtol, rtol, atol):
+  """`steps` training steps of two trainers: the same losses (1e-5), gradient norms
+  and then variables (this replica's copy under a strategy)."""
+  first_it, second_it = first.train_iterator(), second.train_iterator()
+  for _ in range(steps):
+    a, b = first.train_step(first_it), second.train_step(second_it)
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+    np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=grad_rtol)
+  for v_a, v_b in zip(first.variables, second.variables):
+    v_b = second.strategy.experimental_local_results(v_b)[0]
+    np.testing.assert_allclose(v_a.numpy(), v_b.numpy(), rtol=rtol, atol=atol, err_msg=v_a.name)
+
+
 @pytest.mark.slow
 def test_tiny_preset_trains_writes_its_run_and_test_bpd_decreases(tmp_path, digits):
   before = make_trainer(TINY, tmp_path / 'probe', digits).evaluate()
@@ -249,13 +262,7 @@ def test_image_size_not_divisible_by_2_to_the_levels(digits):
 def test_recompute_gives_the_same_training_steps(tmp_path, digits):
   plain = make_trainer(TINY, tmp_path / 'plain', digits)
   recomputed = make_trainer(TINY.replace(recompute=True), tmp_path / 'recompute', digits)
-  plain_it, recomputed_it = plain.train_iterator(), recomputed.train_iterator()
-  for _ in range(3):
-    a, b = plain.train_step(plain_it), recomputed.train_step(recomputed_it)
-    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
-    np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=1e-3)
-  for x, y in zip(plain.variables, recomputed.variables):
-    np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
+  assert_train_alike(plain, recomputed, 3, grad_rtol=1e-3, rtol=1e-3, atol=1e-5)
 
 
 def test_a_nan_streak_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits):
@@ -561,14 +568,7 @@ def test_compiled_steps_train_as_the_per_layer_path(
   )
   assert compiled.flow.multiscale.compiled_steps(0) is not None
   assert per_layer.flow.multiscale.compiled_steps(0) is None
-  a_it, b_it = per_layer.train_iterator(), compiled.train_iterator()
-  for _ in range(3):
-    a, b = per_layer.train_step(a_it), compiled.train_step(b_it)
-    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
-    np.testing.assert_allclose(a['grad_norm'], b['grad_norm'], rtol=1e-3)
-  for v_a, v_b in zip(per_layer.variables, compiled.variables):
-    v_b = compiled.strategy.experimental_local_results(v_b)[0]
-    np.testing.assert_allclose(v_a.numpy(), v_b.numpy(), rtol=1e-4, atol=1e-5, err_msg=v_a.name)
+  assert_train_alike(per_layer, compiled, 3, grad_rtol=1e-3, rtol=1e-4, atol=1e-5)
 
 
 def test_a_run_resumes_across_precisions(tmp_path, digits):
