@@ -1,8 +1,9 @@
 """Proves a trained model is a bijection: `python -m glow_tf.check --model_dir=RUN [--json]`.
 
-For the run's latest (Polyak-averaged) weights, on real test images, per level and
-per bijector: round trip, log-det against the autodiff Jacobian, condition of the
-1x1 convolutions, ActNorm initialised, non-finite values (see glow_tf.tools.checks).
+For the run's best weights (by validation; `--checkpoint=latest` for the newest), on
+real test images, per level and per bijector: round trip, log-det against the
+autodiff Jacobian, condition of the 1x1 convolutions, ActNorm initialised,
+non-finite values (see glow_tf.tools.checks).
 
 Exit status 1 when any figure is outside its tolerance (the failing checks are
 listed), 0 otherwise; 2 for a user error. `--json` prints every figure for scripts.
@@ -31,7 +32,7 @@ flags.DEFINE_integer(
   f'{checks.MIN_CROP}..{checks.MAX_CROP} (the Jacobian has (crop*crop*channels)**2 entries).',
 )
 flags.DEFINE_bool('json', False, 'Print the figures as JSON instead of a table.')
-flags.DEFINE_bool('averaged', True, 'Check the Polyak-averaged weights (as served).')
+cli.define_weights_flags()
 flags.mark_flag_as_required('model_dir')
 flags.register_validator(
   'crop',
@@ -41,7 +42,9 @@ flags.register_validator(
 
 
 def check() -> int:
-  report = checks.check_model_dir(FLAGS.model_dir, FLAGS.num_images, FLAGS.crop, FLAGS.averaged)
+  report = checks.check_model_dir(
+    FLAGS.model_dir, FLAGS.num_images, FLAGS.crop, FLAGS.checkpoint, FLAGS.averaged
+  )
   print(json.dumps(report.to_dict(), indent=1) if FLAGS.json else report.summary())
   return 1 if report.failed else 0
 

@@ -23,6 +23,7 @@ __all__ = [
   'UserError',
   'config_overrides',
   'define_config_flags',
+  'define_weights_flags',
   'fail',
   'parse_flags',
   'run_app',
@@ -101,6 +102,24 @@ def define_config_flags(
       raise TypeError(f'define_config_flags cannot make a flag of {name}: {kind}.')
     names.append(name)
   return names
+
+
+def define_weights_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """`--checkpoint` and `--averaged`: which weights of a run a tool uses (`runs.load_run`)."""
+  flags.DEFINE_enum(
+    'checkpoint',
+    'best',
+    ['best', 'latest'],
+    'best: the checkpoint validation chose (as results.json reports); latest: the newest.',
+    flag_values=flag_values,
+  )
+  flags.DEFINE_bool(
+    'averaged',
+    None,
+    'Polyak-averaged (--averaged) or raw (--noaveraged) weights of that checkpoint. '
+    'Default: the ones validation chose for the best checkpoint, else the averaged.',
+    flag_values=flag_values,
+  )
 
 
 def _value_of(config, name: str):

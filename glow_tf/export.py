@@ -1,6 +1,7 @@
 """Exports a training run as a SavedModel: `python -m glow_tf.export --model_dir=RUN ...`.
 
-The SavedModel holds the run's latest Polyak-averaged weights and the signatures
+The SavedModel holds the run's best weights (those validation chose, as results.json
+reports; `--checkpoint=latest` for the newest checkpoint's) and the signatures
 serving_default/log_prob, log_prob_float, sample, encode and decode; it loads with
 TensorFlow alone (see glow_tf/tools/serving.py for the exact preprocessing).
 """
@@ -23,6 +24,7 @@ flags.DEFINE_bool(
   'overwrite', False, 'Replace a non-empty export_dir (only once the new export is complete).'
 )
 flags.DEFINE_bool('tflite', False, 'Also write log_prob.tflite (unconditional models).')
+cli.define_weights_flags()
 flags.mark_flags_as_required(['model_dir', 'export_dir'])
 
 
@@ -31,10 +33,18 @@ def main(argv):
 
 
 def export() -> None:
-  facts = serving.export_run(FLAGS.model_dir, FLAGS.export_dir, FLAGS.overwrite, FLAGS.tflite)
+  facts = serving.export_run(
+    FLAGS.model_dir,
+    FLAGS.export_dir,
+    FLAGS.overwrite,
+    FLAGS.tflite,
+    checkpoint=FLAGS.checkpoint,
+    averaged=FLAGS.averaged,
+  )
+  weights = 'averaged' if facts['averaged'] else 'raw'
   print(
-    f'{facts["export_dir"]}: SavedModel of {facts["checkpoint"]} (step {facts["step"]}), '
-    f'signatures {", ".join(facts["signatures"])}'
+    f'{facts["export_dir"]}: SavedModel of {facts["checkpoint"]} (step {facts["step"]}, '
+    f'{weights} weights), signatures {", ".join(facts["signatures"])}'
   )
 
 

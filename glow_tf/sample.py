@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string('model_dir', None, 'Run directory written by glow_tf.train.')
 flags.DEFINE_string('output_dir', None, 'Where PNGs go. Default: <model_dir>/figures.')
-flags.DEFINE_bool('averaged', True, 'Use the Polyak-averaged weights (as evaluation does).')
+cli.define_weights_flags()
 flags.mark_flag_as_required('model_dir')
 for name in cli.define_config_flags(figures.FigureRequest, defaults=figures.FigureRequest()):
   flags.declare_key_flag(name)  # Listed by --help, under this command.
@@ -31,7 +31,7 @@ for name in cli.define_config_flags(figures.FigureRequest, defaults=figures.Figu
 def sample() -> None:
   request = figures.FigureRequest(**cli.config_overrides(figures.FigureRequest))
   output_dir, paths, summary = figures.draw_model_dir(
-    FLAGS.model_dir, request, FLAGS.output_dir, FLAGS.averaged
+    FLAGS.model_dir, request, FLAGS.output_dir, FLAGS.checkpoint, FLAGS.averaged
   )
   print(f'{request.mode}: {summary}; wrote {len(paths)} PNG(s) to {output_dir}')
 

@@ -54,8 +54,8 @@ def train() -> int:
     print(f'glow_tf.train: {e}', file=sys.stderr)
     return e.exit_status
   print(
-    f'{model_dir}: test bits/dim {results["test_bits_per_dim"]:.4f} at step '
-    f'{results["step"]} (Polyak-averaged weights, {results["num_test"]} test images); '
+    f'{model_dir}: test bits/dim {results["test_bits_per_dim"]:.4f} ({results["selection"]}; '
+    f'{results["num_test"]} test images); checkpoint {results["checkpoint"]}; '
     f'samples: {os.path.join(model_dir, "samples.png")}'
   )
   return 0

@@ -41,10 +41,10 @@ def test_flagfile_run_and_rerun_resumes(tmp_path):
   flagfile.write_text('\n'.join(QUICK + [f'--model_dir={run}']))
   first = run_cli(f'--flagfile={flagfile}')
   assert first.returncode == 0, first.stderr[-2000:]
-  assert 'test bits/dim' in first.stdout and 'at step 4' in first.stdout
+  assert 'test bits/dim' in first.stdout and 'best by validation' in first.stdout
   second = run_cli(f'--flagfile={flagfile}', '--train_steps=6')
   assert second.returncode == 0, second.stderr[-2000:]
-  assert 'restored' in second.stderr and 'at step 6' in second.stdout
+  assert 'restored' in second.stderr and 'test bits/dim' in second.stdout
   with open(run / 'results.json') as f:
     assert json.load(f)['step'] == 6
 

@@ -210,14 +210,18 @@ class CheckReport:
 
 
 def check_model_dir(
-  model_dir: str, num_images: int = 8, crop: int = 4, averaged: bool = True
+  model_dir: str,
+  num_images: int = 8,
+  crop: int = 4,
+  checkpoint: str = 'best',
+  averaged: bool | None = None,
 ) -> CheckReport:
   """Checks the run in `model_dir` on `num_images` of its test images.
 
   Raises:
     UserError: for a run that cannot be loaded, or a request that cannot be met.
   """
-  run = runs.load_run(model_dir, averaged=averaged)
+  run = runs.load_run(model_dir, checkpoint, averaged)
   runs.check_batch(run, f'--num_images={num_images}', num_images)
   x, label = runs.test_images(run, num_images)
   return CheckReport(model_dir, run.checkpoint, run.step, check_run(run, x, label, crop))

@@ -221,9 +221,14 @@ def draw(run: runs.Run, request: FigureRequest, output_dir: str):
 
 
 def draw_model_dir(
-  model_dir: str, request: FigureRequest, output_dir: str | None = None, averaged: bool = True
+  model_dir: str,
+  request: FigureRequest,
+  output_dir: str | None = None,
+  checkpoint: str = 'best',
+  averaged: bool | None = None,
 ):
-  """Draws `request` for the run in `model_dir` into `output_dir` (default RUN/figures).
+  """Draws `request` for the run in `model_dir` into `output_dir` (default RUN/figures),
+  with the weights `checkpoint` and `averaged` choose (see `runs.load_run`).
 
   Returns:
     `(output_dir, paths, one line of figures for the user)`.
@@ -234,6 +239,6 @@ def draw_model_dir(
   """
   output_dir = output_dir or os.path.join(model_dir, 'figures')
   check_output_dir(output_dir)
-  run = runs.load_run(model_dir, averaged=averaged)
+  run = runs.load_run(model_dir, checkpoint, averaged)
   paths, summary = draw(run, request, output_dir)
   return output_dir, paths, summary

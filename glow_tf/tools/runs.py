@@ -1,12 +1,12 @@
 """Loading a finished (or running) training run: its model, rebuilt from config.json, with
-the Polyak-averaged weights of its latest checkpoint."""
+the weights of its best checkpoint (those validation chose) or of its latest one."""
 
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+from absl import logging
 
 from glow_tf import nn
 from glow_tf.errors import ConfigError, RunError
@@ -31,13 +31,14 @@ class Run:
 
   Attributes:
     model_dir: the run directory.
-    flow: the Glow distribution, holding the Polyak-averaged weights.
+    flow: the Glow distribution, holding the chosen weights.
     classifier: the classifier head of a class-conditional model, else None.
     config: the run's `TrainConfig`.
     model_config: the flow's `GlowConfig`.
     num_bins: levels per value of the data it was trained on.
     checkpoint: the checkpoint the weights come from.
     step: its training step.
+    averaged: whether the flow holds the Polyak averages (else the raw weights).
   """
 
   model_dir: str
@@ -48,14 +49,15 @@ class Run:
   num_bins: int
   checkpoint: str
   step: int
+  averaged: bool = True
 
   @property
   def num_classes(self) -> int | None:
     return self.model_config.num_classes
 
 
-def load_run(model_dir: str, averaged: bool = True) -> Run:
-  """Rebuilds the model of `model_dir` and restores its latest checkpoint.
+def load_run(model_dir: str, checkpoint: str = 'best', averaged: bool | None = None) -> Run:
+  """Rebuilds the model of `model_dir` and restores its best or its latest checkpoint.
 
   The model is built at full precision (`GlowConfig.precision='float32'`) whatever
   the run trained in: checkpoints do not depend on it, and exports, samples and
@@ -63,8 +65,12 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
 
   Args:
     model_dir: a directory written by `glow_tf.train`.
-    averaged: use the Polyak (EMA) averages, as evaluation does; False: the raw
-      weights of the last step.
+    checkpoint: 'best': the checkpoint validation chose (the latest one, with a
+      warning, for a run without validation or not yet evaluated); 'latest': the
+      newest checkpoint.
+    averaged: use the Polyak (EMA) averages (True) or the raw weights (False) of that
+      checkpoint. None: the ones that won the validation if that checkpoint is the
+      best one, else the averages (as evaluation uses).
 
   Raises:
     RunError: naming what is missing.
@@ -76,9 +82,21 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     run_config = rundir.load_run_config(model_dir)
   except ConfigError as e:
     raise RunError(str(e)) from e
-  directory = os.path.join(model_dir, rundir.CHECKPOINT_DIR)
+  if checkpoint not in rundir.CHECKPOINT_KINDS:
+    raise RunError(f'checkpoint must be one of {rundir.CHECKPOINT_KINDS}; got {checkpoint!r}.')
+  directory = rundir.checkpoint_dir(model_dir, 'latest')
   if not rundir.has_checkpoint_files(directory):
     raise RunError(f'run {model_dir!r} has no checkpoint yet (nothing in {directory}).')
+  if checkpoint == 'best':
+    best = rundir.checkpoint_dir(model_dir, 'best')
+    if rundir.has_checkpoint_files(best):
+      directory = best
+    else:
+      logging.warning(
+        '%s has no best checkpoint (no validation split, or not evaluated yet): using the '
+        'latest checkpoint',
+        model_dir,
+      )
   config = run_config.train
   # At full precision whatever the run trained in: the weights are the same, and only
   # full precision inverts exactly. bfloat16 rounding is discontinuous: a decode's
@@ -94,6 +112,10 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     )
   except ConfigError as e:
     raise RunError(str(e)) from e
+  if averaged is None:
+    record = state.best.to_dict()
+    chose_this = record is not None and record['step'] == int(state.step.numpy())
+    averaged = record['weights'] == 'averaged' if chose_this else True
   if averaged:
     state.use_averages()
   return Run(
@@ -105,6 +127,7 @@ def load_run(model_dir: str, averaged: bool = True) -> Run:
     run_config.data['num_bins'],
     restored.path,
     int(state.step.numpy()),
+    averaged,
   )
 
 

@@ -271,9 +271,15 @@ def _check_export_dir(export_dir: str, overwrite: bool, model_dir: str) -> str:
 
 
 def export_run(
-  model_dir: str, export_dir: str, overwrite: bool = False, tflite: bool = False
+  model_dir: str,
+  export_dir: str,
+  overwrite: bool = False,
+  tflite: bool = False,
+  checkpoint: str = 'best',
+  averaged: bool | None = None,
 ) -> dict:
-  """Writes a SavedModel of `model_dir`'s latest Polyak-averaged weights to `export_dir`.
+  """Writes a SavedModel of `model_dir`'s best weights (or those `checkpoint` and
+  `averaged` choose: see `runs.load_run`) to `export_dir`.
 
   The export is written to a temporary directory beside `export_dir` and moved
   into place only when complete; an existing export is replaced only with
@@ -286,7 +292,7 @@ def export_run(
     RunError, ExportError: naming the problem; nothing is written then.
   """
   target = _check_export_dir(export_dir, overwrite, model_dir)
-  run = runs.load_run(model_dir)
+  run = runs.load_run(model_dir, checkpoint, averaged)
   if tflite and run.num_classes is not None:
     raise ExportError(
       '--tflite converts the log_prob of unconditional models only; '
@@ -300,6 +306,7 @@ def export_run(
     facts = dict(
       checkpoint=run.checkpoint,
       step=run.step,
+      averaged=run.averaged,
       num_bins=run.num_bins,
       image_shape=list(run.model_config.image_shape),
       num_classes=run.model_config.num_classes,

@@ -29,9 +29,15 @@ def synthetic_images(split: str, count: int, size: int, num_classes: int = 10):
 
 
 def prepare_tfds(
-  data_dir: str, num_train: int, num_test: int, size: int = 32, file_format: str = 'array_record'
+  data_dir: str,
+  num_train: int,
+  num_test: int,
+  size: int = 32,
+  file_format: str = 'array_record',
+  num_validation: int = 0,
 ) -> str:
-  """Writes a prepared TFDS dataset under `data_dir`; returns its version directory.
+  """Writes a prepared TFDS dataset under `data_dir` (a 'validation' split too if
+  `num_validation`); returns its version directory.
 
   Raises:
     ValueError: if `file_format` is not one of FILE_FORMATS.
@@ -60,9 +66,9 @@ def prepare_tfds(
 
     def _split_generators(self, dl_manager):
       del dl_manager
+      counts = dict(train=num_train, validation=num_validation, test=num_test)
       return {
-        'train': self._generate_examples('train', num_train),
-        'test': self._generate_examples('test', num_test),
+        split: self._generate_examples(split, count) for split, count in counts.items() if count
       }
 
     def _generate_examples(self, split, count):

@@ -1,8 +1,8 @@
 """Datasets for Glow: the embedded digits, TFDS by name, image folders; one input pipeline.
 
-Every source becomes a `DataSource`: two `Split`s giving random access to their
-examples by index (integer images in `[0, num_bins)` with labels), held in memory
-when a split is small and read on demand from the prepared files otherwise.
+Every source becomes a `DataSource`: `Split`s (train, validation, test) giving
+random access to their examples by index (integer images in `[0, num_bins)` with
+labels), held in memory when a split is small and read on demand from the prepared files otherwise.
 `train_dataset` and `eval_dataset` then build the one pipeline
 
     global batch i -> its example indices (epoch permutation) -> this worker's share
@@ -90,6 +90,10 @@ class Split:
   decode: Callable
   storage: str
 
+  def subset(self, count: int, parent_index: Callable, storage: str) -> 'Split':
+    """`count` of this split's examples: example `i` of the subset is `parent_index(i)`."""
+    return Split(count, lambda indices: self.fetch(parent_index(indices)), self.decode, storage)
+
   def dataset(self) -> tf.data.Dataset:
     """Every example once, in index order, as `(image, label)`."""
     return (
@@ -111,6 +115,10 @@ class DataSource:
     image_shape: `(H, W, C)`.
     num_bins: levels per value (`2**n_bits`, or 17 for the digits).
     num_classes: number of labels, or None.
+    validation_split: examples to choose weights and settings by, never trained on
+      and never the test split: the dataset's own validation split, or one carved
+      from its training split (`with_validation`); None: no validation.
+    validation_origin: where `validation_split` comes from, in words.
   """
 
   name: str
@@ -119,6 +127,8 @@ class DataSource:
   image_shape: tuple[int, int, int]
   num_bins: int
   num_classes: int | None
+  validation_split: Split | None = None
+  validation_origin: str = 'none'
 
   @property
   def train(self) -> tf.data.Dataset:
@@ -137,6 +147,10 @@ class DataSource:
   @property
   def num_test(self) -> int:
     return self.test_split.num_examples
+
+  @property
+  def num_validation(self) -> int:
+    return self.validation_split.num_examples if self.validation_split else 0
 
 
 def memory_split(images: np.ndarray, labels: np.ndarray) -> Split:
@@ -293,6 +307,22 @@ class DataConfig:
     'or fail up front listing them.',
     choices=BAD_FILE_POLICIES,
   )
+  validation_size: float = option(
+    0.1,
+    'Validation images carved from the training split when the dataset has no validation '
+    'split of its own: a fraction of the training split in (0, 1), or a number of images '
+    "(as scikit-learn's test_size); 0: no validation (the latest weights are the result).",
+    check=lambda v: v == 0 or 0 < v < 1 or (v >= 1 and float(v).is_integer()),
+    expected='0, a fraction in (0, 1), or a whole number of images',
+    identity=True,
+  )
+  validation_seed: int = option(
+    0,
+    'Seeds which training images the carved validation split takes (fixed, whatever --seed).',
+    minimum=configs.INT32[0],
+    maximum=configs.INT32[1],
+    identity=True,
+  )
   in_memory: str = option(
     'auto',
     'Hold the decoded splits in memory: "auto" when a split takes at most '
@@ -381,11 +411,12 @@ def _empty_split(shape) -> Split:
   return memory_split(np.zeros([0, *shape], np.uint8), np.zeros([0], np.int32))
 
 
-def _test_split(split_names):
-  for candidate in ('test', 'validation'):
-    if candidate in split_names:
-      return candidate
-  return 'test'
+def _split_names(split_names) -> tuple[str, str | None]:
+  """The TFDS splits used as `(test, validation)`: 'test' and 'validation' when the
+  dataset has both; a 'validation' split alone is the test split (no own validation)."""
+  if 'test' in split_names:
+    return 'test', 'validation' if 'validation' in split_names else None
+  return ('validation' if 'validation' in split_names else 'test'), None
 
 
 def _tfds_split(builder, split, convert, shape, in_memory, what) -> Split:
@@ -466,11 +497,13 @@ def _load_tfds(name, data_dir, download, n_bits, image_size, in_memory) -> DataS
   shape = _image_shape(name, features['image'].shape, image_size)
   convert = _converter(shape, n_bits, image_size)
   known_splits = dict(builder.info.splits)
-  test_split = _test_split(known_splits)
+  test_split, validation_split = _split_names(known_splits)
   splits = {}
   try:
-    for key, split in (('train', 'train'), ('test', test_split)):
-      if known_splits and split not in known_splits:  # Training refuses; sampling uses train.
+    for key, split in (('train', 'train'), ('test', test_split), ('validation', validation_split)):
+      if split is None:
+        splits[key] = None
+      elif known_splits and split not in known_splits:  # Training refuses; sampling uses train.
         splits[key] = _empty_split(shape)
       else:
         splits[key] = _tfds_split(builder, split, convert, shape, in_memory, f'{name} {split}')
@@ -480,7 +513,16 @@ def _load_tfds(name, data_dir, download, n_bits, image_size, in_memory) -> DataS
       'pass --download (needs internet) or --data_dir pointing at a prepared copy.'
     ) from e
   num_classes = features['label'].num_classes if 'label' in features else None
-  return DataSource(name, splits['train'], splits['test'], shape, 2**n_bits, num_classes)
+  return DataSource(
+    name,
+    splits['train'],
+    splits['test'],
+    shape,
+    2**n_bits,
+    num_classes,
+    splits['validation'],
+    f"{name}'s own {validation_split!r} split" if validation_split else 'none',
+  )
 
 
 def unreachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
@@ -677,9 +719,9 @@ def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
       f'{path}/test/...); found subdirectories {subdirs}.'
     )
   splits, sizes, labels, channels = {}, set(), None, None
-  for split in ('train', 'test'):
+  for split in ('train', 'test', 'validation'):
     if split not in subdirs:
-      splits[split] = []
+      splits[split] = None if split == 'validation' else []
       continue
     files, ids, labels = _folder_split(path, split, labels)
     kept, split_sizes, split_channels, _ = _validated(
@@ -687,8 +729,8 @@ def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
     )
     if channels is not None and split_channels not in (None, channels):
       raise DataError(
-        f'the train and test images of {path!r} differ in mode: {channels} and '
-        f'{split_channels} channels.'
+        f'the {split} images of {path!r} differ in mode from the train images: '
+        f'{split_channels} and {channels} channels.'
       )
     channels = channels or split_channels
     splits[split], sizes = kept, sizes | split_sizes
@@ -725,6 +767,7 @@ def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
       what,
     )
 
+  own_validation = splits['validation'] is not None
   return DataSource(
     FOLDER_PREFIX + path,
     split(splits['train'], f'{path}/train'),
@@ -732,6 +775,8 @@ def _load_folder(path, n_bits, image_size, bad_files, in_memory) -> DataSource:
     shape,
     2**n_bits,
     len(labels) if labels and len(labels) > 1 else None,
+    split(splits['validation'], f'{path}/validation') if own_validation else None,
+    f'{path}/validation' if own_validation else 'none',
   )
 
 
@@ -743,6 +788,8 @@ def load(
   image_size: int | None = None,
   bad_files: str = 'skip',
   in_memory: str = 'auto',
+  validation_size: float = 0.1,
+  validation_seed: int = 0,
 ) -> DataSource:
   """Loads `dataset`: 'digits', 'folder:PATH', or a TFDS name.
 
@@ -760,6 +807,8 @@ def load(
     in_memory: hold the decoded splits in memory: 'auto' (when a split takes at most
       IN_MEMORY_BYTES decoded; said in the log), 'always', or 'never' (read each
       batch's examples from the prepared files or the image files).
+    validation_size, validation_seed: the validation split carved from the training
+      split when the dataset has none of its own (see `with_validation`).
 
   Raises:
     DataError: for anything that makes the dataset unusable, with the reason.
@@ -773,6 +822,8 @@ def load(
       n_bits=n_bits,
       bad_files=bad_files,
       in_memory=in_memory,
+      validation_size=validation_size,
+      validation_seed=validation_seed,
     )
   )
 
@@ -805,7 +856,46 @@ def load_config(config: DataConfig) -> DataSource:
     )
   if source.num_train == 0:
     raise DataError(f'dataset {dataset!r} has no training images.')
-  return source
+  return with_validation(source, config.validation_size, config.validation_seed)
+
+
+def with_validation(source: DataSource, size: float, seed: int) -> DataSource:
+  """`source` with a validation split: its own if it has one, else `size` training images
+  (a fraction in (0, 1), or a count) carved out of the training split, which keeps the
+  rest. Which images are carved depends only on `seed` and the split's size: the
+  positions `[0, n)` of the permutation `index_shuffle(., (seed, -1, 0))` of the
+  training split are the validation split, the positions after it the training split.
+
+  Raises:
+    DataError: if carving would leave no training image.
+  """
+  if source.validation_split is not None:
+    logging.info('%s: validation on %s', source.name, source.validation_origin)
+    return source
+  if size == 0:
+    return source
+  total = source.num_train
+  count = int(round(size * total)) if size < 1 else int(size)
+  if not 0 < count < total:
+    raise DataError(
+      f'validation_size={size:g} of the {total} training images of {source.name!r} gives '
+      f'{count} validation images; expected at least 1 and fewer than {total}.'
+    )
+  parent = source.train_split
+
+  def permuted(positions):
+    return shuffled_index(positions, total, (seed, -1, 0))
+
+  origin = f'{count} of the {total} training images (validation_seed {seed})'
+  logging.info('%s: validation on %s; %d left to train on', source.name, origin, total - count)
+  return dataclasses.replace(
+    source,
+    train_split=parent.subset(
+      total - count, lambda i: permuted(i + count), f'{parent.storage}, less validation'
+    ),
+    validation_split=parent.subset(count, permuted, f'{parent.storage}, validation part'),
+    validation_origin=origin,
+  )
 
 
 def check_splits(source: DataSource, global_batch: int) -> None:
@@ -878,22 +968,30 @@ def _batches(split, steps, indices, global_batch, num_bins, seed, input_context)
   return batches
 
 
+def shuffled_index(index, num_examples: int, seed):
+  """`index_shuffle(index, seed, num_examples - 1)` elementwise: a permutation of
+  `[0, num_examples)` computed per index (none is held). `seed` is three int64 scalars
+  or three tensors shaped like `index`."""
+  index = tf.convert_to_tensor(index, tf.int64)
+  seeds = tf.stack(
+    [tf.broadcast_to(tf.cast(part, tf.int64), tf.shape(index)) for part in seed], axis=-1
+  )
+  # The raw op: tf.random.experimental.index_shuffle pads a [n, 2] seed along the wrong axis.
+  return tf.raw_ops.RandomIndexShuffle(
+    index=index,
+    seed=seeds,
+    max_index=tf.fill(tf.shape(index), tf.constant(num_examples - 1, tf.int64)),
+    rounds=4,
+  )
+
+
 def epoch_indices(positions, num_examples: int, seed: int):
   """The example at each position of the stream of epochs: epoch `e = p // N` is the
   permutation `index_shuffle(., seed=(seed, e, 0))` of `[0, N)`, computed per position
   (no permutation is held), so any position is found in O(1)."""
   positions = tf.convert_to_tensor(positions, tf.int64)
-  epoch, offset = positions // num_examples, positions % num_examples
-  seeds = tf.stack(
-    [tf.fill(tf.shape(epoch), tf.cast(seed, tf.int64)), epoch, tf.zeros_like(epoch)], axis=-1
-  )
-  # The raw op: tf.random.experimental.index_shuffle pads a [n, 2] seed along the wrong axis.
-  return tf.raw_ops.RandomIndexShuffle(
-    index=offset,
-    seed=seeds,
-    max_index=tf.fill(tf.shape(offset), tf.constant(num_examples - 1, tf.int64)),
-    rounds=4,
-  )
+  epoch = positions // num_examples
+  return shuffled_index(positions % num_examples, num_examples, (seed, epoch, 0))
 
 
 def train_dataset(
@@ -931,15 +1029,17 @@ def eval_dataset(
   global_batch: int,
   seed: int,
   input_context: tf.distribute.InputContext | None = None,
+  split: str = 'test',
 ) -> tf.data.Dataset:
-  """The test split once, as `(x, label, weight)` batches, dequantised with fixed noise.
+  """The `split` ('test' or 'validation') once, as `(x, label, weight)` batches,
+  dequantised with fixed noise.
 
   The last batch is padded to a full global batch with weight-0 copies, so every
   replica gets equal batches and `sum(weight * bpd) / sum(weight)` is exact.
   """
-  split = source.test_split
-  if split.num_examples == 0:
-    raise DataError(f'dataset {source.name!r} has no test images to evaluate on.')
+  name, split = split, getattr(source, f'{split}_split')
+  if split is None or split.num_examples == 0:
+    raise DataError(f'dataset {source.name!r} has no {name} images to evaluate on.')
   num_batches = math.ceil(split.num_examples / global_batch)
   first, count, replicas = _share(input_context, global_batch)
   # Batch b is dequantised with seed (seed, -1 - b): never a training batch's noise.

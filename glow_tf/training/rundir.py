@@ -26,7 +26,9 @@ from glow_tf.model.config import GlowConfig
 from glow_tf.training.config import TrainConfig
 
 __all__ = [
+  'BEST_DIR',
   'CHECKPOINT_DIR',
+  'CHECKPOINT_KINDS',
   'CONFIG_FILE',
   'CONFIG_VERSION',
   'LOCK_FILE',
@@ -34,7 +36,9 @@ __all__ = [
   'Restored',
   'RunConfig',
   'check_model_dir',
+  'carried_over',
   'check_run_dir',
+  'checkpoint_dir',
   'error_line',
   'has_checkpoint_files',
   'load_run_config',
@@ -46,10 +50,14 @@ __all__ = [
 ]
 
 CONFIG_FILE = 'config.json'
+# 3: runs may carve a validation split (`validation_size`; earlier runs had none);
 # 2: the train part nests `data` and `model` (glow_tf 0.2); 1 (no version key): flat.
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
+# Under CHECKPOINT_DIR: the run's best checkpoint (by validation bits/dim), one at a time.
+BEST_DIR = 'best'
+CHECKPOINT_KINDS = ('best', 'latest')
 # tf.train.CheckpointManager's files in CHECKPOINT_DIR: the state file, `ckpt-N.index`,
 # `ckpt-N.data-K-of-M`, and `ckpt-N_temp/` while a save is under way.
 CHECKPOINT_STATE = 'checkpoint'
@@ -59,6 +67,14 @@ CHECKPOINT_FILE = re.compile(r'ckpt-(\d+)\.(?:index|data-(\d+)-of-(\d+))')
 LOCK_FILE = 'train.lock'
 # What a failed write raises: ENOSPC/EDQUOT are ResourceExhausted in TF, EACCES PermissionDenied.
 WRITE_ERRORS = (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError)
+
+
+def checkpoint_dir(model_dir: str, kind: str = 'latest') -> str:
+  """Where a run keeps its 'latest' checkpoints (rotating) or its 'best' one."""
+  if kind not in CHECKPOINT_KINDS:
+    raise ConfigError(f'checkpoint must be one of {CHECKPOINT_KINDS}; got {kind!r}.')
+  directory = os.path.join(model_dir, CHECKPOINT_DIR)
+  return os.path.join(directory, BEST_DIR) if kind == 'best' else directory
 
 
 def error_line(error: BaseException, limit: int = 160) -> str:
@@ -115,7 +131,7 @@ class RunConfig:
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'RunConfig':
-    """Reads every version: 2 (nested train config) and 1 (no version key, flat)."""
+    """Reads every version: 3, 2 (nested train config) and 1 (no version key, flat)."""
     parts = ('train', 'model', 'data')
     if not isinstance(values, dict) or not all(isinstance(values.get(k), dict) for k in parts):
       found = sorted(values) if isinstance(values, dict) else type(values).__name__
@@ -126,6 +142,8 @@ class RunConfig:
         f'config version {version!r} is not one this glow_tf reads (1..{CONFIG_VERSION})'
       )
     train = TrainConfig.from_dict(values['train'])
+    if version < 3:  # Trained on the whole training split: no validation was carved.
+      train = train.replace(validation_size=0)
     model = GlowConfig.from_dict(values['model'])
     try:
       num_bins = int(values['data']['num_bins'])
@@ -159,6 +177,25 @@ def load_run_config(model_dir: str) -> RunConfig:
       f'{path!r} is not a glow_tf run config ({e}); expected the {CONFIG_FILE} '
       'glow_tf.train writes.'
     ) from e
+
+
+def carried_over(model_dir: str, config: TrainConfig) -> TrainConfig:
+  """`config` for resuming `model_dir`: a run from before validation splits (config
+  version < 3) keeps training without one unless `validation_size` was set otherwise
+  (then the identity check refuses the change)."""
+  path = os.path.join(model_dir, CONFIG_FILE)
+  default = TrainConfig().data.validation_size
+  if config.data.validation_size != default or not tf.io.gfile.exists(path):
+    return config
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      version = json.load(f).get('version', 1)
+  except (ValueError, AttributeError, tf.errors.OpError):
+    return config  # check_run_dir names what is wrong with it.
+  if not isinstance(version, int) or version >= 3:
+    return config
+  logging.info('%s: a run from before validation splits: it resumes without one', model_dir)
+  return config.replace(validation_size=0)
 
 
 def check_run_dir(model_dir: str, run: RunConfig) -> None:

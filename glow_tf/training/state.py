@@ -12,7 +12,7 @@ from glow_tf.training import optim
 
 tfd = tfp.distributions
 
-__all__ = ['TrainState']
+__all__ = ['BestRecord', 'TrainState']
 
 
 def _step_groups(flow, variables) -> list[list[int]]:
@@ -29,6 +29,59 @@ def _step_groups(flow, variables) -> list[list[int]]:
   return groups + [[i for i in range(len(variables)) if i not in grouped]]
 
 
+class BestRecord(tf.Module):
+  """Which evaluated weights of a run scored best on the validation split so far.
+
+  Checkpointed with the rest of the state, so a resumed run keeps its best; the run's
+  best checkpoint holds the record of itself.
+
+  Attributes:
+    step: the training step of the best weights (-1: none evaluated yet).
+    validation_bits_per_dim: their validation score (inf: none yet).
+    test_bits_per_dim: their test score, measured when they were found (never used
+      to choose).
+    averaged: the Polyak averages won (else the raw weights of that step).
+  """
+
+  def __init__(self):
+    super().__init__(name='best')
+    self.step = tf.Variable(-1, dtype=tf.int64, trainable=False, name='step')
+    self.validation_bits_per_dim = tf.Variable(
+      float('inf'), dtype=tf.float64, trainable=False, name='validation_bits_per_dim'
+    )
+    self.test_bits_per_dim = tf.Variable(
+      float('nan'), dtype=tf.float64, trainable=False, name='test_bits_per_dim'
+    )
+    self.averaged = tf.Variable(False, trainable=False, name='averaged')
+
+  def record(self, step: int, validation: float, test: float, averaged: bool) -> None:
+    self.step.assign(step)
+    self.validation_bits_per_dim.assign(validation)
+    self.test_bits_per_dim.assign(test)
+    self.averaged.assign(averaged)
+
+  def restore(self, prefix: str) -> None:
+    """Reads the record of checkpoint `prefix` (and nothing else of it)."""
+    tf.train.Checkpoint(best=self).restore(
+      prefix
+    ).assert_existing_objects_matched().expect_partial()
+
+  def to_dict(self) -> dict | None:
+    """The record as JSON-ready values, or None before the first evaluation."""
+    if int(self.step.numpy()) < 0:
+      return None
+    return dict(
+      step=int(self.step.numpy()),
+      weights='averaged' if bool(self.averaged.numpy()) else 'raw',
+      validation_bits_per_dim=float(self.validation_bits_per_dim.numpy()),
+      test_bits_per_dim=float(self.test_bits_per_dim.numpy()),
+    )
+
+
+# Parts of a checkpoint that older checkpoints lack; they keep their initial values.
+OPTIONAL_PARTS = ('loss_scale', 'best')
+
+
 @dataclasses.dataclass
 class TrainState:
   """The model and everything training keeps about it, as one checkpoint.
@@ -42,6 +95,7 @@ class TrainState:
     nonfinite_total, nonfinite_streak: non-finite steps in all, and in a row now.
     lr_scale: the learning-rate multiplier non-finite streaks have lowered.
     loss_scale: float16's dynamic loss scale (kept, unused, in other precisions).
+    best: which evaluated weights scored best on the validation split so far.
   """
 
   flow: tfd.Distribution
@@ -53,6 +107,7 @@ class TrainState:
   nonfinite_streak: tf.Variable
   lr_scale: tf.Variable
   loss_scale: optim.DynamicLossScale
+  best: BestRecord
 
   @classmethod
   def create(
@@ -75,6 +130,7 @@ class TrainState:
       nonfinite_streak=tf.Variable(0, dtype=tf.int64, trainable=False, name='streak'),
       lr_scale=tf.Variable(1.0, trainable=False, name='lr_scale'),
       loss_scale=optim.DynamicLossScale(),
+      best=BestRecord(),
     )
 
   @property
@@ -86,29 +142,30 @@ class TrainState:
     """Every variable the checkpoint holds: model, optimiser, averages, counters."""
     modules = [self.flow, self.optimizer, self.ema] + ([self.classifier] if self.classifier else [])
     counters = [self.step, self.nonfinite_total, self.nonfinite_streak, self.lr_scale]
-    return [v for m in modules for v in m.variables] + counters + list(self.loss_scale.variables)
+    extra = list(self.loss_scale.variables) + list(self.best.variables)
+    return [v for m in modules for v in m.variables] + counters + extra
 
-  def checkpoint(self, loss_scale: bool = True) -> tf.train.Checkpoint:
+  def checkpoint(self, without: tuple[str, ...] = ()) -> tf.train.Checkpoint:
     """The checkpoint layout of a run: every field, by its name (the classifier if any).
 
-    `loss_scale=False`: the layout before the loss scale was kept (to read such
-    checkpoints; `restore` chooses).
+    `without`: `OPTIONAL_PARTS` left out, the layout of older checkpoints (to read
+    them; `restore` chooses).
     """
     parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     if parts['classifier'] is None:
       del parts['classifier']
-    if not loss_scale:
-      del parts['loss_scale']
+    for name in without:
+      del parts[name]
     return tf.train.Checkpoint(**parts)
 
   def restore(self, prefix: str) -> None:
     """Restores checkpoint `prefix`; raises if any of this state's objects is not in it.
 
-    A checkpoint written before the loss scale was kept restores everything else;
-    the loss scale keeps its initial value.
+    A checkpoint written before the loss scale or the best record was kept restores
+    everything else; those keep their initial values.
     """
     names = {name.split('/')[0] for name, _ in tf.train.list_variables(prefix)}
-    checkpoint = self.checkpoint(loss_scale='loss_scale' in names)
+    checkpoint = self.checkpoint(without=tuple(p for p in OPTIONAL_PARTS if p not in names))
     checkpoint.restore(prefix).assert_existing_objects_matched()
 
   def use_averages(self) -> None:

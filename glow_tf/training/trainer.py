@@ -21,7 +21,7 @@ from glow_tf.model import health, images, sampling
 from glow_tf.training import data, distribute, optim, reversible, rundir
 from glow_tf.training.config import TrainConfig
 from glow_tf.training.loss import Loss
-from glow_tf.training.state import TrainState
+from glow_tf.training.state import BestRecord, TrainState
 
 __all__ = ['Diverged', 'Interrupted', 'Trainer', 'TrainingStopped', 'train_and_evaluate']
 
@@ -98,7 +98,7 @@ class Trainer:
     # float16 gradients underflow without a loss scale; other precisions never use it.
     self.loss_scaled = self.model_config.precision == 'float16'
     self.loss_scale = self.state.loss_scale
-    self._manager = None
+    self._managers = {}
     # autograph=False: glow_tf's code is graph-ready Python (static loops only), and
     # converting it would cost seconds of every trace for nothing.
     # Its own (XLA-compiled) function only with jit_compile: a nested function would
@@ -113,17 +113,30 @@ class Trainer:
 
   # ---- state -----------------------------------------------------------------------------
 
+  def _checkpoint_manager(self, kind: str) -> tf.train.CheckpointManager:
+    """The manager of the 'latest' checkpoints (rotating) or of the 'best' one."""
+    if kind not in self._managers:
+      directory = rundir.checkpoint_dir(self.model_dir, kind)
+      if not self.is_chief:  # Other workers write their (identical) copy aside and delete it.
+        directory = os.path.join(self.model_dir, '.worker_tmp', f'worker_{self.task_id}_{kind}')
+      keep = self.config.keep_checkpoints if kind == 'latest' else 1
+      self._managers[kind] = tf.train.CheckpointManager(self.checkpoint, directory, keep)
+    return self._managers[kind]
+
   @property
   def manager(self) -> tf.train.CheckpointManager:
     """Writes and rotates this run's checkpoints (created once the state file is sound)."""
-    if self._manager is None:
-      directory = os.path.join(self.model_dir, rundir.CHECKPOINT_DIR)
-      if not self.is_chief:  # Other workers write their (identical) copy aside and delete it.
-        directory = os.path.join(self.model_dir, '.worker_tmp', f'worker_{self.task_id}')
-      self._manager = tf.train.CheckpointManager(
-        self.checkpoint, directory, max_to_keep=self.config.keep_checkpoints
-      )
-    return self._manager
+    return self._checkpoint_manager('latest')
+
+  @property
+  def best_manager(self) -> tf.train.CheckpointManager:
+    """Holds the run's best checkpoint (by validation bits/dim), replaced by a better one."""
+    return self._checkpoint_manager('best')
+
+  @property
+  def validates(self) -> bool:
+    """Whether evaluations score a validation split (and keep a best checkpoint)."""
+    return self.source.num_validation > 0
 
   def restore_or_initialize(self) -> str:
     """Restores the newest intact checkpoint, or initialises ActNorm on a training batch.
@@ -143,7 +156,8 @@ class Trainer:
     if restored.path:
       if self.is_chief and not restored.state_ok:
         rundir.write_checkpoint_state(directory, restored.path, restored.kept)
-      self._manager = None  # Reads the state file afresh.
+      self._managers = {}  # They read the state files afresh.
+      self._adopt_saved_best()
       return f'restored {restored.path} at step {int(self.step.numpy())}'
     init_batch = min(self.config.init_batch_size, self.source.num_train)
     x, _ = next(iter(data.train_dataset(self.source, init_batch, self.config.seed)))
@@ -152,27 +166,48 @@ class Trainer:
       self.ema.reset()
     return f'initialised {count} ActNorm layers on {init_batch} training images'
 
-  def save(self) -> str | None:
-    """Writes a checkpoint of the current step.
+  def _adopt_saved_best(self) -> None:
+    """Takes the best checkpoint's record if it beats the restored one: a run stopped
+    after writing a new best checkpoint but before its next latest one."""
+    saved = BestRecord()
+    try:
+      directory = rundir.checkpoint_dir(self.model_dir, 'best')
+      best = rundir.restore_newest_intact(directory, saved.restore)
+    except ConfigError as e:
+      logging.warning('%s: no usable best checkpoint: %s', self.model_dir, e)
+      return
+    if saved.validation_bits_per_dim.numpy() < self.state.best.validation_bits_per_dim.numpy():
+      values = saved.to_dict()
+      self.state.best.record(
+        values['step'],
+        values['validation_bits_per_dim'],
+        values['test_bits_per_dim'],
+        values['weights'] == 'averaged',
+      )
+      logging.info('%s: the best so far is %s', self.model_dir, best.path)
+
+  def save(self, kind: str = 'latest') -> str | None:
+    """Writes a checkpoint of the current step: one of the 'latest' or the 'best' one.
 
     Raises:
       ConfigError: if it cannot be written (disk full, permissions). The partial save
         is removed and the previous checkpoint is untouched; the message names it.
     """
+    manager = self._checkpoint_manager(kind)
     step = int(self.step.numpy())
     try:
-      path = self.manager.save(checkpoint_number=step)
+      path = manager.save(checkpoint_number=step)
     except rundir.WRITE_ERRORS as e:
-      rundir.remove_partial_saves(self.manager.directory)
-      kept = self.manager.latest_checkpoint
+      rundir.remove_partial_saves(manager.directory)
+      kept = manager.latest_checkpoint
       raise ConfigError(
-        f'cannot write checkpoint ckpt-{step} in {self.manager.directory!r} '
+        f'cannot write checkpoint ckpt-{step} in {manager.directory!r} '
         f'({rundir.error_line(e)}); '
         + (f'{kept} is intact' if kept else 'no checkpoint was written before')
         + '. Free space or fix permissions, then rerun the same command to resume.'
       ) from e
     if not self.is_chief:
-      tf.io.gfile.rmtree(self.manager.directory)
+      tf.io.gfile.rmtree(manager.directory)
     return path
 
   @contextlib.contextmanager
@@ -187,8 +222,16 @@ class Trainer:
   # ---- steps -----------------------------------------------------------------------------
 
   def learning_rate(self, step):
-    warmup = tf.minimum(1.0, tf.cast(step + 1, tf.float32) / max(self.config.warmup_steps, 1))
-    return self.config.learning_rate * warmup * self.lr_scale
+    """The rate of step `step` (0-based): linear warmup, then constant or cosine decay
+    from the peak to `lr_floor` x peak at the last step; times the non-finite scale."""
+    config = self.config
+    step = tf.cast(step, tf.float32)
+    warmup = tf.minimum(1.0, (step + 1.0) / max(config.warmup_steps, 1))
+    if config.lr_schedule == 'cosine':
+      decay_steps = max(config.train_steps - 1 - config.warmup_steps, 1)
+      progress = tf.clip_by_value((step - config.warmup_steps) / decay_steps, 0.0, 1.0)
+      warmup *= config.lr_floor + (1.0 - config.lr_floor) * 0.5 * (1.0 + tf.cos(np.pi * progress))
+    return config.learning_rate * warmup * self.lr_scale
 
   def _label(self, label):
     """The label the loss takes: the batch's, for a class-conditional flow; else None."""
@@ -228,9 +271,10 @@ class Trainer:
     loss_sum, bpd_sum = self._all_reduce([loss_sum, bpd_sum])
     grads, grad_norm = optim.global_norm_clip(grads, self.config.grad_clip_norm)
     finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss_sum)
-    learning_rate = self.learning_rate(self.step.read_value())
+    step = self.step.read_value()
+    learning_rate = self.learning_rate(step)
     self.optimizer.apply(grads, learning_rate, apply_if=finite)
-    self.ema.update(apply_if=finite)
+    self.ema.update(apply_if=finite, num_updates=step)
     # Counters: every replica computes the same values from the same all-reduced sums.
     optim.local_assign_add(self.step, 1)
     nonfinite = tf.cast(tf.logical_not(finite), tf.int64)
@@ -284,18 +328,44 @@ class Trainer:
     sums = self.strategy.run(self._replica_eval_step, args=batch)
     return [self.strategy.experimental_local_results(s)[0] for s in sums]
 
-  def evaluate(self) -> float:
-    """Test bits/dim with the Polyak-averaged weights, over the whole test split."""
+  def evaluate(self, split: str = 'test', averaged: bool = True) -> float:
+    """Bits/dim over the whole `split` ('test' or 'validation'), with the Polyak-averaged
+    weights or (`averaged=False`) the raw ones."""
     dataset = self.distribute(
-      lambda ctx: data.eval_dataset(self.source, self.global_batch, self.config.seed, ctx)
+      lambda ctx: data.eval_dataset(
+        self.source, self.global_batch, self.config.seed, ctx, split=split
+      )
     )
     total, count = 0.0, 0.0
-    with self.averaged_weights():
+    with self.averaged_weights() if averaged else contextlib.nullcontext():
       for batch in dataset:
         with distribute.graph_optimizer(self._grappler):
           bpd_sum, weight_sum = self._eval_step(batch)
         total, count = total + float(bpd_sum), count + float(weight_sum)
     return total / count
+
+  def evaluate_and_select(self) -> dict[str, float]:
+    """Scores the current weights; keeps them as the best checkpoint if they beat it.
+
+    Test bits/dim of the averaged weights always; with a validation split, the
+    validation bits/dim of the raw and of the averaged weights: the lower one, if it
+    beats the best so far, makes this step the best (its test bits/dim measured too,
+    for the record; the test split never chooses) and writes the best checkpoint.
+    """
+    scores = dict(test=self.evaluate('test'))
+    if not self.validates:
+      return scores
+    scores['validation_raw'] = self.evaluate('validation', averaged=False)
+    scores['validation_averaged'] = self.evaluate('validation')
+    averaged = scores['validation_averaged'] <= scores['validation_raw']
+    validation = scores['validation_averaged' if averaged else 'validation_raw']
+    if validation < float(self.state.best.validation_bits_per_dim.numpy()):
+      test = scores['test'] if averaged else self.evaluate('test', averaged=False)
+      step = int(self.step.numpy())
+      self.state.best.record(step, validation, test, averaged)
+      self.save('best')
+      scores['new_best'] = 1.0
+    return scores
 
   def sample_grid(self, temperature: float, seed: int = 0) -> np.ndarray:
     """A uint8 grid of samples at `temperature` with the averaged weights (labels cycle)."""
@@ -324,6 +394,7 @@ def train_and_evaluate(
   """
   strategy = strategy or distribute.make_strategy(config.strategy)
   rundir.check_model_dir(model_dir)
+  config = rundir.carried_over(model_dir, config)
   source = data.load_config(config.data)
   trainer = Trainer(config, model_dir, source, strategy)
   data.check_splits(source, trainer.global_batch)
@@ -336,7 +407,8 @@ def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
   config, model_dir, source = trainer.config, trainer.model_dir, trainer.source
   rundir.check_run_dir(model_dir, trainer.run_config)
   if trainer.is_chief:
-    rundir.remove_partial_saves(os.path.join(model_dir, rundir.CHECKPOINT_DIR))
+    for kind in rundir.CHECKPOINT_KINDS:
+      rundir.remove_partial_saves(rundir.checkpoint_dir(model_dir, kind))
   logging.info('%s: %s', model_dir, trainer.restore_or_initialize())
   if trainer.is_chief:  # Only now: the flags are known to fit the data and the checkpoints.
     rundir.write_json(os.path.join(model_dir, rundir.CONFIG_FILE), trainer.run_config.to_dict())
@@ -365,29 +437,56 @@ def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
   with _stop_signals() as received:
     _train_loop(trainer, writers, start_step, received)
   final_step = int(trainer.step.numpy())
-  if trainer.manager.latest_checkpoint is None or not trainer.manager.latest_checkpoint.endswith(
-    f'-{final_step}'
-  ):
-    trainer.save()
-  test_bpd = _evaluate_and_sample(trainer, writers['test'], final_step, final=True)
-  results = dict(
-    test_bits_per_dim=test_bpd,
-    step=final_step,
-    num_test=source.num_test,
-    train_seconds=round(time.time() - started, 1),
-    nonfinite_steps=int(trainer.nonfinite_total.numpy()),
-    checkpoint=trainer.manager.latest_checkpoint if trainer.is_chief else None,
-  )
+  scores = _evaluate_and_sample(trainer, writers['test'], final_step, final=True)
+  latest = trainer.manager.latest_checkpoint
+  if latest is None or not latest.endswith(f'-{final_step}'):
+    trainer.save()  # After the evaluation: it holds the final best record.
+  results = _results(trainer, scores['test'], final_step)
+  results['train_seconds'] = round(time.time() - started, 1)
   if trainer.is_chief:
     rundir.write_json(os.path.join(model_dir, rundir.RESULTS_FILE), results)
   logging.info(
-    'glow_tf %s: test bits/dim %.4f (Polyak-averaged weights, %d test images, step %d)',
+    'glow_tf %s: test bits/dim %.4f (%s; %d test images)',
     source.name,
-    test_bpd,
+    results['test_bits_per_dim'],
+    results['selection'],
     source.num_test,
-    final_step,
   )
   return results
+
+
+def _results(trainer: Trainer, latest_test: float, final_step: int) -> dict[str, Any]:
+  """What results.json says: the test bits/dim of the weights validation chose (the best
+  checkpoint's), which weights those are, and the latest weights' for comparison."""
+  best = trainer.state.best.to_dict() if trainer.validates else None
+  latest = dict(
+    step=final_step,
+    weights='averaged',
+    test_bits_per_dim=latest_test,
+    checkpoint=trainer.manager.latest_checkpoint if trainer.is_chief else None,
+  )
+  if best is not None:
+    best['checkpoint'] = trainer.best_manager.latest_checkpoint if trainer.is_chief else None
+    chosen = best
+    selection = (
+      f'best by validation: {best["weights"]} weights of step {best["step"]}, validation '
+      f'bits/dim {best["validation_bits_per_dim"]:.4f} on {trainer.source.num_validation} images'
+    )
+  else:
+    chosen = latest
+    selection = f'no validation split: Polyak-averaged weights of the last step, {final_step}'
+  return dict(
+    test_bits_per_dim=chosen['test_bits_per_dim'],
+    selection=selection,
+    checkpoint=chosen['checkpoint'],
+    best=best,
+    latest=latest,
+    step=final_step,
+    num_test=trainer.source.num_test,
+    num_validation=trainer.source.num_validation,
+    validation=trainer.source.validation_origin,
+    nonfinite_steps=int(trainer.nonfinite_total.numpy()),
+  )
 
 
 @contextlib.contextmanager
@@ -460,11 +559,12 @@ def _train_loop(trainer: Trainer, writers, start_step: int, received) -> None:
         'rerun the same command to resume.',
         received[0],
       )
+    # Evaluation first: the checkpoint of this step then holds its best record.
+    if step % config.eval_every == 0 and step < config.train_steps:
+      _evaluate_and_sample(trainer, writers['test'], step, final=False)
     # No checkpoint in a non-finite streak: the last good one must not rotate out.
     if step % config.checkpoint_every == 0 and step < config.train_steps and metrics['finite']:
       trainer.save()
-    if step % config.eval_every == 0 and step < config.train_steps:
-      _evaluate_and_sample(trainer, writers['test'], step, final=False)
 
 
 def _log_progress(trainer: Trainer, writer, metrics, bpd_values, rate: float) -> None:
@@ -496,9 +596,20 @@ def _log_progress(trainer: Trainer, writer, metrics, bpd_values, rate: float) ->
       tf.summary.scalar(f'health/{name}', value)
 
 
-def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> float:
-  test_bpd = trainer.evaluate()
-  logging.info('step %d: test bits/dim %.4f', step, test_bpd)
+def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> dict[str, float]:
+  scores = trainer.evaluate_and_select()
+  test_bpd = scores['test']
+  if trainer.validates:
+    logging.info(
+      'step %d: validation bits/dim %.4f (raw weights), %.4f (averaged)%s; test %.4f (averaged)',
+      step,
+      scores['validation_raw'],
+      scores['validation_averaged'],
+      ': the best so far' if 'new_best' in scores else '',
+      test_bpd,
+    )
+  else:
+    logging.info('step %d: test bits/dim %.4f', step, test_bpd)
   grids = [trainer.sample_grid(t) for t in trainer.config.temperatures]
   x, label = next(
     iter(data.eval_dataset(trainer.source, trainer.global_batch, trainer.config.seed))
@@ -508,6 +619,9 @@ def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> fl
   sheet = images.labelled_rows(grids, [f'T={t:g}' for t in trainer.config.temperatures])
   with writer.as_default(step=step):
     tf.summary.scalar('bits_per_dim', test_bpd)
+    for name in ('validation_raw', 'validation_averaged'):
+      if name in scores:
+        tf.summary.scalar(f'{name}/bits_per_dim', scores[name])
     for name, value in batch.items():
       tf.summary.scalar(f'health/{name}', value)
     for temperature, grid in zip(trainer.config.temperatures, grids):
@@ -522,4 +636,4 @@ def _evaluate_and_sample(trainer: Trainer, writer, step: int, final: bool) -> fl
         images.write_png(path, sheet)
       except rundir.WRITE_ERRORS as e:
         raise ConfigError(f'cannot write {path!r} ({rundir.error_line(e)}).') from e
-  return test_bpd
+  return scores

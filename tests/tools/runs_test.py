@@ -82,7 +82,7 @@ def test_checkpoints_none_of_which_restores_are_named(run):
     errors.RunError,
     match=r'none can be restored: ckpt-4: no \.index file: .*; ckpt-2: no \.index file',
   ):
-    runs.load_run(run)
+    runs.load_run(run, checkpoint='latest')
 
 
 def test_check_batch_refuses_a_batch_beyond_a_gib_per_activation(run):

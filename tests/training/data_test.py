@@ -45,7 +45,8 @@ def test_digits_split_is_fixed_disjoint_and_complete():
 def test_load_digits_source():
   source = data.load('digits')
   assert (source.image_shape, source.num_bins, source.num_classes) == ((8, 8, 1), 17, 10)
-  assert (source.num_train, source.num_test) == (1497, 300)
+  # 10% of the 1,497 training images are carved out for validation by default.
+  assert (source.num_train, source.num_validation, source.num_test) == (1347, 150, 300)
 
 
 def test_dequantize_stays_in_bins_and_centre_inverts():

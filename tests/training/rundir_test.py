@@ -39,7 +39,7 @@ def test_a_flat_version_1_config_reads_as_todays_config(old_run):
     raw = json.load(f)
   assert 'version' not in raw and 'levels' in raw['train']  # Flat: version 1.
   loaded = rundir.load_run_config(old_run)
-  assert loaded.train == V1_CONFIG
+  assert loaded.train == V1_CONFIG.replace(validation_size=0)  # Trained without validation.
   assert loaded.model == V1_CONFIG.model_config(data.load('digits'))
   assert loaded.data['num_bins'] == 17
 
@@ -47,7 +47,10 @@ def test_a_flat_version_1_config_reads_as_todays_config(old_run):
 def test_an_old_run_resumes_where_it_stopped_and_is_rewritten_as_version_2(old_run):
   reader = tf.train.load_checkpoint(os.path.join(old_run, 'checkpoints', 'ckpt-2'))
   trainer = trainer_lib.Trainer(
-    V1_CONFIG.replace(train_steps=4), old_run, data.load('digits'), tf.distribute.get_strategy()
+    V1_CONFIG.replace(train_steps=4, validation_size=0),
+    old_run,
+    data.load('digits', validation_size=0),
+    tf.distribute.get_strategy(),
   )
   assert trainer.restore_or_initialize().endswith('ckpt-2 at step 2')  # Not re-initialised.
   # The old run listed its trained variables in the order the optimiser and the Polyak
@@ -59,7 +62,9 @@ def test_an_old_run_resumes_where_it_stopped_and_is_rewritten_as_version_2(old_r
   assert results['step'] == 4 and results['nonfinite_steps'] == 0
   with open(os.path.join(old_run, 'config.json')) as f:
     assert json.load(f)['version'] == rundir.CONFIG_VERSION
-  assert rundir.load_run_config(old_run).train == V1_CONFIG.replace(train_steps=4)
+  # Resumed without a validation split, as it was trained (its flags left it at the default).
+  expected = V1_CONFIG.replace(train_steps=4, validation_size=0)
+  assert rundir.load_run_config(old_run).train == expected and results['best'] is None
 
 
 def test_an_old_run_loads_and_exports(old_run, tmp_path):

@@ -67,7 +67,7 @@ def test_tiny_preset_trains_writes_its_run_and_test_bpd_decreases(tmp_path, digi
   assert saved.model.image_shape == (8, 8, 1) and saved.data['num_bins'] == 17
   assert saved.train == TINY
   with open(os.path.join(run, 'config.json')) as f:
-    assert json.load(f)['version'] == 2
+    assert json.load(f)['version'] == rundir.CONFIG_VERSION
   with open(os.path.join(run, 'results.json')) as f:
     assert json.load(f)['test_bits_per_dim'] == pytest.approx(results['test_bits_per_dim'])
   png = tf.io.decode_png(tf.io.read_file(os.path.join(run, 'samples.png')))
@@ -127,8 +127,9 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, digits, precision):
     np.testing.assert_array_equal(first, second)
   # float16 gradients of 8 images per replica round differently from those of 16;
   # Adamax's normalised update then moves a weight by up to lr = 1e-3 per step either
-  # way, so 1e-4 still catches any replica applying another update.
-  rtol, atol = (1e-4, 1e-6) if precision == 'float32' else (1e-3, 1e-4)
+  # way (a near-zero gradient whose rounding flips its sign: 4.1e-4 after 4 steps in
+  # one of 576 weights, seen), so 5e-4 still catches any replica applying another update.
+  rtol, atol = (1e-4, 1e-6) if precision == 'float32' else (1e-3, 5e-4)
   single_it, mirrored_it = single.train_iterator(), mirrored.train_iterator()
   for _ in range(4):
     a, b = single.train_step(single_it), mirrored.train_step(mirrored_it)
