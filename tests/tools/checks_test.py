@@ -93,8 +93,8 @@ def test_json_output_lists_every_figure_per_layer(trained):
 def test_a_singular_1x1_conv_fails_the_check_and_is_named(trained, tmp_path):
   broken = str(tmp_path / 'broken')
   shutil.copytree(trained, broken)
-  name = break_one_conv(broken)
-  result = run_check(f'--model_dir={broken}', '--num_images=2')
+  name = break_one_conv(broken)  # Saved as the newest checkpoint, not the best.
+  result = run_check(f'--model_dir={broken}', '--num_images=2', '--checkpoint=latest')
   assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
   failed = [line for line in result.stdout.splitlines() if line.strip().startswith('FAILED')]
   assert any(line.split()[1:3] == ['condition', f'{name}:'] for line in failed), failed

@@ -1,6 +1,7 @@
 """Tests of glow_tf.data: sources (digits, mock TFDS, image folders) and the pipeline."""
 
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -14,6 +15,10 @@ from glow_tf import errors
 from glow_tf.model import pixels
 from glow_tf.tools import synthetic_data
 from glow_tf.training import data
+
+# The pipeline's tests read whole splits: no validation carved out of them (that is
+# tests/training/selection_test.py's subject).
+load = functools.partial(data.load, validation_size=0)
 
 
 def take(dataset, n):
@@ -58,7 +63,7 @@ def test_dequantize_stays_in_bins_and_centre_inverts():
 
 
 def test_train_batches_depend_only_on_seed_and_step():
-  source = data.load('digits')
+  source = load('digits')
   full = take(data.train_dataset(source, 64, seed=3), 30)
   resumed = take(data.train_dataset(source, 64, seed=3, start_step=25), 5)
   for a, b in zip(full[25:], resumed):
@@ -73,7 +78,7 @@ def test_train_batches_depend_only_on_seed_and_step():
 
 
 def test_per_replica_slices_reassemble_the_global_batch():
-  source = data.load('digits')
+  source = load('digits')
   global_batches = take(data.train_dataset(source, 8, seed=1), 2)
   for pipelines in (1, 2):
     slices = []
@@ -90,7 +95,7 @@ def test_per_replica_slices_reassemble_the_global_batch():
 
 
 def test_eval_dataset_pads_with_zero_weights_and_fixed_noise():
-  source = data.load('digits')
+  source = load('digits')
   batches = take(data.eval_dataset(source, 128, seed=0), 10)
   assert len(batches) == 3  # 300 images -> 384 slots
   weights = np.concatenate([b[2] for b in batches])
@@ -100,7 +105,7 @@ def test_eval_dataset_pads_with_zero_weights_and_fixed_noise():
 
 
 def test_eval_dataset_is_the_test_split_in_order_then_its_first_images_as_padding():
-  source = data.load('digits')
+  source = load('digits')
   (_, _), (images, labels) = data.digits_arrays()
   batches = take(data.eval_dataset(source, 128, seed=0), 10)
   x = np.concatenate([b[0] for b in batches])
@@ -111,13 +116,13 @@ def test_eval_dataset_is_the_test_split_in_order_then_its_first_images_as_paddin
 
 def test_tfds_by_name_offline_with_mock_data():
   with tfds.testing.mock_data(num_examples=12):
-    source = data.load('mnist', n_bits=5)
+    source = load('mnist', n_bits=5)
     assert (source.image_shape, source.num_bins, source.num_classes) == ((28, 28, 1), 32, 10)
     assert source.num_train == 12
     image, label = next(iter(source.train))
     assert image.dtype == tf.int32 and 0 <= int(tf.reduce_min(image))
     assert int(tf.reduce_max(image)) < 32 and label.dtype == tf.int32
-    resized = data.load('cifar10', image_size=16)
+    resized = load('cifar10', image_size=16)
     assert resized.image_shape == (16, 16, 3)
     assert next(iter(resized.train))[0].shape == (16, 16, 3)
 
@@ -125,18 +130,18 @@ def test_tfds_by_name_offline_with_mock_data():
 def test_unprepared_tfds_without_download_fails_at_once(tmp_path):
   started = time.time()
   with pytest.raises(errors.DataError, match=r"'mnist' is not prepared in .*--download"):
-    data.load('mnist', data_dir=str(tmp_path))
+    load('mnist', data_dir=str(tmp_path))
   assert time.time() - started < 30
 
 
 def test_unknown_dataset_is_named():
   with pytest.raises(errors.DataError, match=r"unknown dataset 'no_such_dataset_xyz'"):
-    data.load('no_such_dataset_xyz')
+    load('no_such_dataset_xyz')
 
 
 def test_image_folder_with_real_pngs(tmp_path):
   root = write_folder(str(tmp_path / 'images'))
-  source = data.load(f'folder:{root}', n_bits=4)
+  source = load(f'folder:{root}', n_bits=4)
   assert (source.image_shape, source.num_bins, source.num_classes) == ((8, 8, 3), 16, 2)
   assert (source.num_train, source.num_test) == (6, 6)
   image, label = next(iter(source.train))
@@ -147,16 +152,16 @@ def test_image_folder_with_real_pngs(tmp_path):
 def test_image_folder_without_train_split_is_refused(tmp_path):
   root = write_folder(str(tmp_path / 'images'), splits=('pictures',))
   with pytest.raises(errors.DataError, match=r'needs the layout .*/train/<label>/\*\.png'):
-    data.load(f'folder:{root}')
+    load(f'folder:{root}')
 
 
 def test_missing_folder_is_named(tmp_path):
   with pytest.raises(errors.DataError, match='does not exist'):
-    data.load(f'folder:{tmp_path / "nope"}')
+    load(f'folder:{tmp_path / "nope"}')
 
 
 def test_split_smaller_than_a_batch_is_refused(tmp_path):
-  source = data.load(f'folder:{write_folder(str(tmp_path / "images"))}')
+  source = load(f'folder:{write_folder(str(tmp_path / "images"))}')
   with pytest.raises(errors.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
     data.check_splits(source, 8)
 
@@ -171,7 +176,7 @@ def test_split_smaller_than_a_batch_is_refused(tmp_path):
 )
 def test_bad_arguments_are_named(kwargs, match):
   with pytest.raises(errors.UserError, match=match):
-    data.load('digits', **kwargs)
+    load('digits', **kwargs)
 
 
 def write_bad_files(root):
@@ -192,7 +197,7 @@ def test_bad_files_in_a_folder_are_skipped_counted_and_named(tmp_path, caplog):
   root = write_folder(str(tmp_path / 'images'))
   bad = write_bad_files(root)
   with caplog.at_level('WARNING'):
-    source = data.load(f'folder:{root}')
+    source = load(f'folder:{root}')
   assert source.num_train == 6  # the good images only
   message = ' '.join(r.getMessage() for r in caplog.records)
   assert 'skipping 4 of 10 files' in message
@@ -207,7 +212,7 @@ def test_bad_files_can_be_refused_up_front_with_their_list(tmp_path):
   root = write_folder(str(tmp_path / 'images'))
   write_bad_files(root)
   with pytest.raises(errors.DataError, match=r'4 of 10 files .* cannot be used: .*corrupt\.png'):
-    data.load(f'folder:{root}', bad_files='fail')
+    load(f'folder:{root}', bad_files='fail')
 
 
 def test_a_folder_of_only_bad_files_is_an_empty_dataset_error(tmp_path):
@@ -215,15 +220,15 @@ def test_a_folder_of_only_bad_files_is_an_empty_dataset_error(tmp_path):
   os.makedirs(root / 'train' / 'a')
   (root / 'train' / 'a' / 'x.png').write_bytes(b'not a png')
   with pytest.raises(errors.DataError, match='has no usable training images'):
-    data.load(f'folder:{root}')
+    load(f'folder:{root}')
 
 
 def test_folder_images_of_several_sizes_need_image_size(tmp_path):
   root = write_folder(str(tmp_path / 'images'), splits=('train',))
   write_folder(str(tmp_path / 'images'), splits=('train',), labels=('c',), size=(6, 10))
   with pytest.raises(errors.DataError, match=r'have sizes .* pass --image_size'):
-    data.load(f'folder:{root}')
-  assert data.load(f'folder:{root}', image_size=4).image_shape == (4, 4, 3)
+    load(f'folder:{root}')
+  assert load(f'folder:{root}', image_size=4).image_shape == (4, 4, 3)
 
 
 def test_download_without_a_network_fails_in_seconds_in_one_line(tmp_path, monkeypatch):
@@ -245,7 +250,7 @@ def test_download_without_a_network_fails_in_seconds_in_one_line(tmp_path, monke
     match=r"--download of 'mnist' needs internet, and https://storage\.googleapis\.com/ .* does "
     r'not answer: Name or service not known\. Connect, or pass --data_dir',
   ):
-    data.load('mnist', data_dir=str(tmp_path), download=True)
+    load('mnist', data_dir=str(tmp_path), download=True)
   assert time.time() - started < 30 and probed == ['https://storage.googleapis.com/']
 
 
@@ -261,7 +266,7 @@ def test_a_download_that_fails_midway_is_one_line(tmp_path, monkeypatch):
     errors.DataError,
     match=r"--download of 'mnist' failed \(ConnectionError: Max retries .* \(more\)\)",
   ):
-    data.load('mnist', data_dir=str(tmp_path), download=True)
+    load('mnist', data_dir=str(tmp_path), download=True)
 
 
 def test_the_reachability_probe_against_a_local_server(monkeypatch):
@@ -298,7 +303,7 @@ def test_check_splits_refuses_a_folder_without_usable_test_images(tmp_path, spli
     os.makedirs(os.path.join(root, 'test', 'a'))
     with open(os.path.join(root, 'test', 'a', 'x.png'), 'wb') as f:
       f.write(b'not a png')
-  source = data.load(f'folder:{root}')
+  source = load(f'folder:{root}')
   assert source.num_test == 0
   with pytest.raises(
     errors.DataError,
@@ -308,14 +313,14 @@ def test_check_splits_refuses_a_folder_without_usable_test_images(tmp_path, spli
     data.check_splits(source, 4)
   with pytest.raises(errors.DataError, match=r'has 6 images, fewer than one global batch \(8\)'):
     data.check_splits(source, 8)
-  data.check_splits(data.load(f'folder:{write_folder(str(tmp_path / "both"))}'), 4)
+  data.check_splits(load(f'folder:{write_folder(str(tmp_path / "both"))}'), 4)
 
 
 def test_folder_test_labels_are_numbered_by_the_training_classes(tmp_path):
   root = str(tmp_path / 'images')
   write_folder(root, splits=('train',), labels=('a', 'b', 'c'))
   write_folder(root, splits=('test',), labels=('b', 'c'))
-  source = data.load(f'folder:{root}')
+  source = load(f'folder:{root}')
   train_ids = {int(y) for _, y in source.train}
   test_ids = {int(y) for _, y in source.test}
   assert train_ids == {0, 1, 2} and test_ids == {1, 2}  # b and c keep train's 1 and 2.
@@ -326,7 +331,7 @@ def test_a_folder_test_class_unknown_to_train_is_refused(tmp_path):
   write_folder(root, splits=('train',), labels=('a', 'b'))
   write_folder(root, splits=('test',), labels=('a', 'z'))
   with pytest.raises(errors.DataError, match=r"has classes \['z'\] that .*train' does not"):
-    data.load(f'folder:{root}')
+    load(f'folder:{root}')
 
 
 # ---- Datasets at scale: random access by index, each worker its share, resume in O(1) ----
@@ -354,9 +359,9 @@ def folder(tmp_path_factory):
 def streamed(prepared, folder):
   """The same 100 images as streamed ArrayRecord and TFRecord sources, and 100 in a folder."""
   sources = {
-    k: data.load('synthetic_images', data_dir=v, in_memory='never') for k, v in prepared.items()
+    k: load('synthetic_images', data_dir=v, in_memory='never') for k, v in prepared.items()
   }
-  sources['folder'] = data.load(f'folder:{folder}', in_memory='never')
+  sources['folder'] = load(f'folder:{folder}', in_memory='never')
   return sources
 
 
@@ -388,7 +393,7 @@ def test_an_epoch_is_a_permutation_found_per_position():
 
 
 def test_a_training_epoch_holds_every_example_once():
-  source = data.load('digits')
+  source = load('digits')
   (images, _), _ = data.digits_arrays()
   batches = take(data.train_dataset(source, 1497 // 3, seed=3), 3)
   seen = np.concatenate([pixels.to_pixels(b[0], 17) for b in batches])
@@ -402,10 +407,10 @@ def test_streamed_sources_give_the_same_batches_as_memory(prepared, folder):
     assert source.train_split.storage != 'memory', name
     assert (source.num_train, source.num_test, source.image_shape) == (100, 30, (8, 8, 3))
   memory = {
-    name: data.load('synthetic_images', data_dir=prepared['tfrecord'], in_memory='always')
+    name: load('synthetic_images', data_dir=prepared['tfrecord'], in_memory='always')
     for name in prepared
   }
-  memory['folder'] = data.load(f'folder:{folder}', in_memory='always')
+  memory['folder'] = load(f'folder:{folder}', in_memory='always')
   for name, source in sources.items():
     assert memory[name].train_split.storage == 'memory'
     expected = take(data.train_dataset(memory[name], 16, seed=5, start_step=3), 8)  # 2 epochs
@@ -428,7 +433,7 @@ def test_split_sizes_come_from_metadata_without_reading(prepared, monkeypatch):
   monkeypatch.setattr(
     data.TFRecordReader, '__getitems__', lambda self, i: reads.append(len(i)) or real(self, i)
   )
-  source = data.load('synthetic_images', data_dir=prepared['tfrecord'], in_memory='never')
+  source = load('synthetic_images', data_dir=prepared['tfrecord'], in_memory='never')
   assert (source.num_train, source.num_test) == (100, 30) and reads == []
   take(data.train_dataset(source, 10, seed=0), 1)
   assert reads and set(reads) == {10}  # whole batches: the first, and those read ahead
@@ -460,7 +465,7 @@ def test_resuming_late_reads_no_example_before_the_first_batch(prepared, folder,
 
 
 def test_each_worker_reads_only_its_replicas_examples(prepared):
-  source = data.load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
+  source = load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
   steps, batch = 3, 8
   global_batches = take(data.train_dataset(source, batch, seed=1), steps)
   for pipeline in range(2):
@@ -482,19 +487,19 @@ def test_small_splits_are_held_in_memory_automatically_and_it_is_logged(prepared
   # The absl logger's own level too: a CLI run earlier in this process (absl's app.run)
   # leaves it at WARNING.
   with caplog.at_level('INFO', logger='absl'):
-    small = data.load('synthetic_images', data_dir=prepared['array_record'])
+    small = load('synthetic_images', data_dir=prepared['array_record'])
   assert small.train_split.storage == 'memory'
   assert 'synthetic_images train: 100 examples (0 MiB decoded) held in memory' in caplog.text
   caplog.clear()
   with caplog.at_level('INFO', logger='absl'):
-    large = data.load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
+    large = load('synthetic_images', data_dir=prepared['array_record'], in_memory='never')
   assert large.train_split.storage == '1 array_record file(s)'
   assert 'read on demand from 1 array_record file(s) (in_memory=never)' in caplog.text
 
 
 def test_the_in_memory_limit_decides_auto(prepared, monkeypatch):
   monkeypatch.setattr(data, 'IN_MEMORY_BYTES', 100 * 8 * 8 * 3 - 1)  # one byte too few
-  source = data.load('synthetic_images', data_dir=prepared['tfrecord'])
+  source = load('synthetic_images', data_dir=prepared['tfrecord'])
   assert source.train_split.storage == '1 tfrecord file(s)'
   assert source.test_split.storage == 'memory'  # 30 images fit
 
@@ -505,14 +510,14 @@ def test_in_memory_never_without_prepared_files_is_refused():
       errors.DataError,
       match=r'mnist train has no prepared files to read examples from \(got in_memory="never"\)',
     ):
-      data.load('mnist', in_memory='never')
+      load('mnist', in_memory='never')
 
 
 def test_a_bad_in_memory_value_is_named():
   with pytest.raises(
     errors.ConfigError, match=r"in_memory must be one of \('auto', 'always', 'never'\); got 'yes'"
   ):
-    data.load('digits', in_memory='yes')
+    load('digits', in_memory='yes')
 
 
 def test_a_tfrecord_index_out_of_range_is_named(prepared):
@@ -528,7 +533,7 @@ def test_a_batch_not_divisible_over_replicas_is_named():
     num_input_pipelines=2, input_pipeline_id=0, num_replicas_in_sync=4
   )
   with pytest.raises(errors.DataError, match=r'a global batch of 10 over 4 replicas and 2 input'):
-    data.train_dataset(data.load('digits'), 10, seed=0, input_context=context)
+    data.train_dataset(load('digits'), 10, seed=0, input_context=context)
 
 
 def test_a_share_of_a_batch_gets_the_global_batch_noise():
@@ -554,10 +559,10 @@ def test_a_folder_loaded_again_opens_only_changed_files(tmp_path, monkeypatch, c
   inspected = []
   real = data._inspect
   monkeypatch.setattr(data, '_inspect', lambda f: inspected.append(f) or real(f))
-  first = data.load(f'folder:{root}')
+  first = load(f'folder:{root}')
   assert len(inspected) == 12
   inspected.clear()
-  again = data.load(f'folder:{root}')
+  again = load(f'folder:{root}')
   assert inspected == [] and (again.num_train, again.num_test) == (6, 6)
   np.testing.assert_array_equal(
     take(data.train_dataset(first, 4, seed=0), 1)[0][0],
@@ -567,7 +572,7 @@ def test_a_folder_loaded_again_opens_only_changed_files(tmp_path, monkeypatch, c
   with open(changed, 'wb') as f:
     f.write(b'\x89PNG\r\n\x1a\n' + b'broken')
   with caplog.at_level('WARNING'):
-    after = data.load(f'folder:{root}')
+    after = load(f'folder:{root}')
   assert inspected == [changed] and after.num_train == 5
   assert 'skipping 1 of 6 files' in caplog.text
 
@@ -577,6 +582,6 @@ def test_an_unwritable_cache_is_a_warning(tmp_path, monkeypatch, caplog):
   (tmp_path / 'file').write_text('not a directory')
   monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / 'file' / 'cache'))
   with caplog.at_level('WARNING'):
-    source = data.load(f'folder:{root}')
+    source = load(f'folder:{root}')
   assert source.num_train == 6
   assert 'cannot keep the inspection of' in caplog.text
