@@ -9,8 +9,6 @@ from glow_tf import startup
 if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/startup.py.
   startup.quiet_tensorflow()
 
-import os
-import sys
 
 from absl import flags
 
@@ -24,20 +22,16 @@ for name in cli.define_config_flags(ablation.AblationConfig, defaults=ablation.A
 flags.DEFINE_string('output', None, 'Also write the report (markdown) to this file.')
 
 
-def run_ablation(argv) -> None:
+def run_ablation() -> None:
   config = ablation.AblationConfig(**cli.config_overrides(ablation.AblationConfig))
-  command = ' '.join(['python -m glow_tf.ablation', *argv[1:], *sys.argv[1:]])
-  cells = ablation.ablation(config, log=lambda m: print(m, file=sys.stderr, flush=True))
-  text = ablation.report(config, cells, command.strip())
-  print(text)
-  if FLAGS.output:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, 'w') as f:
-      f.write(text)
+  command, log = cli.report_command('glow_tf.ablation')
+  cli.print_report(
+    ablation.report(config, ablation.ablation(config, log=log), command), FLAGS.output
+  )
 
 
 def main(argv):
-  cli.run_main('glow_tf.ablation', lambda: run_ablation(argv), argv)
+  cli.run_main('glow_tf.ablation', run_ablation, argv)
 
 
 def run():

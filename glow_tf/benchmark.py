@@ -11,8 +11,6 @@ if __name__ == '__main__':  # Before anything imports TensorFlow: see glow_tf/st
   startup.quiet_tensorflow()
 
 import json
-import os
-import sys
 
 from absl import flags
 
@@ -29,25 +27,18 @@ flags.DEFINE_string('output', None, 'Also write the report (markdown) to this fi
 flags.DEFINE_string('worker', None, 'Internal: run one measurement (JSON spec) and print JSON.')
 
 
-def run_benchmark(argv) -> None:
+def run_benchmark() -> None:
   """Runs one worker measurement (--worker), or every measurement and prints the report."""
   if FLAGS.worker:
     print(json.dumps(benchmark.run_worker(json.loads(FLAGS.worker))))
     return
   config = benchmark.BenchmarkConfig(**cli.config_overrides(benchmark.BenchmarkConfig))
-  command = 'python -m glow_tf.benchmark ' + ' '.join(argv[1:] + sys.argv[1:])
-  text = benchmark.benchmark(
-    config, command.strip(), log=lambda m: print(m, file=sys.stderr, flush=True)
-  )
-  print(text)
-  if FLAGS.output:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, 'w') as f:
-      f.write(text)
+  command, log = cli.report_command('glow_tf.benchmark')
+  cli.print_report(benchmark.benchmark(config, command, log=log), FLAGS.output)
 
 
 def main(argv):
-  cli.run_main('glow_tf.benchmark', lambda: run_benchmark(argv), argv)
+  cli.run_main('glow_tf.benchmark', run_benchmark, argv)
 
 
 def run():

@@ -8,6 +8,7 @@ exit 2; anything else is a bug and keeps its traceback.
 """
 
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ __all__ = [
   'define_weights_flags',
   'fail',
   'parse_flags',
+  'print_report',
+  'report_command',
   'run_app',
   'run_main',
 ]
@@ -120,6 +123,22 @@ def define_weights_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     'Default: the ones validation chose for the best checkpoint, else the averaged.',
     flag_values=flag_values,
   )
+
+
+def report_command(command: str) -> tuple[str, Callable[[str], None]]:
+  """For a command that prints a markdown report: its command line as typed (to
+  reproduce the report), and a logger of progress lines to stderr."""
+  line = ' '.join(['python -m', command, *sys.argv[1:]])
+  return line, lambda message: print(message, file=sys.stderr, flush=True)
+
+
+def print_report(text: str, output: str | None) -> None:
+  """Prints a markdown report and, with `output`, also writes it there (its directory made)."""
+  print(text)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+      f.write(text)
 
 
 def _value_of(config, name: str):

@@ -30,8 +30,10 @@ def run(short_run, tmp_path):
   return copy
 
 
-def test_load_run_restores_the_latest_checkpoint(run):
-  loaded = runs.load_run(run)
+def test_load_run_restores_the_best_or_the_latest_checkpoint(run):
+  best = runs.load_run(run)  # Evaluated at the end only: step 4 is the best.
+  assert best.step == 4 and best.checkpoint == os.path.join(run, 'checkpoints', 'best', 'ckpt-4')
+  loaded = runs.load_run(run, checkpoint='latest')
   assert loaded.step == 4 and loaded.checkpoint == os.path.join(run, 'checkpoints', 'ckpt-4')
 
 
@@ -39,14 +41,14 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(run):
   data_file = os.path.join(run, 'checkpoints', 'ckpt-4.data-00000-of-00001')
   with open(data_file, 'r+b') as f:
     f.truncate(1000)
-  loaded = runs.load_run(run)
+  loaded = runs.load_run(run, checkpoint='latest')
   assert loaded.step == 2 and loaded.checkpoint.endswith('ckpt-2')
 
 
 def test_a_garbage_state_file_still_finds_the_latest_checkpoint(run):
   with open(os.path.join(run, 'checkpoints', 'checkpoint'), 'w') as f:
     f.write('garbage {{{\n')
-  assert runs.load_run(run).step == 4
+  assert runs.load_run(run, checkpoint='latest').step == 4
 
 
 @pytest.mark.parametrize(
