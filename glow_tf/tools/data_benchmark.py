@@ -82,8 +82,8 @@ def _load(spec):
   from glow_tf.training import data
 
   if spec['format'] == 'folder':
-    return data.load(f'folder:{spec["path"]}', in_memory='never')
-  return data.load(synthetic_data.NAME, data_dir=spec['path'], in_memory='never')
+    return data.load(f'folder:{spec["path"]}', in_memory='never', validation_size=0)
+  return data.load(synthetic_data.NAME, data_dir=spec['path'], in_memory='never', validation_size=0)
 
 
 def run_worker(spec):

@@ -870,7 +870,7 @@ def with_validation(source: DataSource, size: float, seed: int) -> DataSource:
     DataError: if carving would leave no training image.
   """
   if source.validation_split is not None:
-    logging.info('%s: validation on %s', source.name, source.validation_origin)
+    logging.debug('%s: validation on %s', source.name, source.validation_origin)
     return source
   if size == 0:
     return source
@@ -887,7 +887,7 @@ def with_validation(source: DataSource, size: float, seed: int) -> DataSource:
     return shuffled_index(positions, total, (seed, -1, 0))
 
   origin = f'{count} of the {total} training images (validation_seed {seed})'
-  logging.info('%s: validation on %s; %d left to train on', source.name, origin, total - count)
+  logging.debug('%s: validation on %s; %d left to train on', source.name, origin, total - count)
   return dataclasses.replace(
     source,
     train_split=parent.subset(

@@ -422,13 +422,14 @@ def _train_and_evaluate(trainer: Trainer) -> dict[str, Any]:
   start_step = int(trainer.step.numpy())
   if start_step < config.train_steps:
     logging.info(
-      'training %s from step %d to %d: %d images %s, global batch %d on %d '
-      'replica(s), %d parameters',
+      'training %s from step %d to %d: %d images %s (validation: %s), global batch %d on '
+      '%d replica(s), %d parameters',
       source.name,
       start_step,
       config.train_steps,
       source.num_train,
       source.image_shape,
+      source.validation_origin,
       trainer.global_batch,
       trainer.num_replicas,
       sum(int(np.prod(v.shape)) for v in trainer.variables),

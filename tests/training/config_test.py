@@ -88,6 +88,8 @@ def test_dicts_round_trip_and_the_identity_is_the_model_and_its_data():
     'dataset',
     'image_size',
     'n_bits',
+    'validation_size',
+    'validation_seed',
     'levels',
     'depth',
     'width',
