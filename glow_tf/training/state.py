@@ -60,6 +60,11 @@ class BestRecord(tf.Module):
     self.test_bits_per_dim.assign(test)
     self.averaged.assign(averaged)
 
+  def take(self, other: 'BestRecord') -> None:
+    """Becomes a copy of `other`."""
+    for mine, theirs in zip(self.variables, other.variables):
+      mine.assign(theirs)
+
   def restore(self, prefix: str) -> None:
     """Reads the record of checkpoint `prefix` (and nothing else of it)."""
     tf.train.Checkpoint(best=self).restore(

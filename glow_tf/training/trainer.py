@@ -177,13 +177,7 @@ class Trainer:
       logging.warning('%s: no usable best checkpoint: %s', self.model_dir, e)
       return
     if saved.validation_bits_per_dim.numpy() < self.state.best.validation_bits_per_dim.numpy():
-      values = saved.to_dict()
-      self.state.best.record(
-        values['step'],
-        values['validation_bits_per_dim'],
-        values['test_bits_per_dim'],
-        values['weights'] == 'averaged',
-      )
+      self.state.best.take(saved)
       logging.info('%s: the best so far is %s', self.model_dir, best.path)
 
   def save(self, kind: str = 'latest') -> str | None:
