@@ -523,6 +523,10 @@ def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> di
   without --recompute, and the per-layer path; --recompute's memory at 2 x `deep`;
   a resume at `deep`. Keys: ('trainer', K, recompute, compiled) and ('resume', K)."""
   figures = {}
+  # The step memory is read from the CPU allocator's statistics, which TF's default CPU
+  # allocator keeps only when oneDNN is on (it is off on some x86 CPUs); its BFC allocator
+  # keeps them everywhere. Every row of this table runs with it, so its ratios stay fair.
+  allocator = {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}
   with tempfile.TemporaryDirectory() as scratch:
 
     def run(depth, recompute, compiled, **extra):
@@ -536,7 +540,7 @@ def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> di
         steps=steps,
         model_dir=directory,
       )
-      return spawn({**spec, **extra})
+      return spawn({**spec, **extra}, allocator)
 
     for depth in sorted({shape.depth, deep}):
       for recompute, compiled in ((False, True), (True, True), (False, False)):
