@@ -145,25 +145,52 @@ def dims(x: tf.Tensor):
 def _conv_by_taps(x, kernel):
   """3x3 'SAME' conv as one matrix product to all 9 taps, then a shift-and-add of the taps."""
   size, _, in_channels, out_channels = kernel.shape
-  height, width = tf.shape(x)[1], tf.shape(x)[2]
   taps = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [in_channels, size * size * out_channels])
   products = tf.reshape(
     tf.reshape(x, [-1, in_channels]) @ taps,
     tf.concat([tf.shape(x)[:3], [size * size * out_channels]], 0),
   )
+  return _sum_of_shifted_taps(products, size)
+
+
+def _sum_of_shifted_taps(products, size):
+  """`out[n, i, j] = sum over taps (dy, dx) of products[n, i + dy - h, j + dx - h, tap]`.
+
+  `products` holds the taps side by side on its last axis, `h = size // 2`, and
+  positions outside the image count as zero. The gradient is written out: each
+  tap's is the output's gradient shifted back, padded, and the taps' are
+  concatenated, so it is one tensor the size of `products` (autodiff of the
+  slices would build a zero-padded copy of all of `products` per tap and add
+  the nine).
+  """
   half = size // 2
-  products = tf.pad(products, [[0, 0], [half, half], [half, half], [0, 0]])
-  tap_outputs = [
-    products[
-      :,
-      dy : dy + height,
-      dx : dx + width,
-      (dy * size + dx) * out_channels : (dy * size + dx + 1) * out_channels,
-    ]
-    for dy in range(size)
-    for dx in range(size)
-  ]
-  return tf.add_n(tap_outputs)
+  height, width = tf.shape(products)[1], tf.shape(products)[2]
+  out_channels = products.shape[-1] // (size * size)
+  offsets = [(dy, dx) for dy in range(size) for dx in range(size)]
+
+  @tf.custom_gradient
+  def shift_add(products):
+    padded = tf.pad(products, [[0, 0], [half, half], [half, half], [0, 0]])
+    out = tf.add_n(
+      [
+        padded[:, dy : dy + height, dx : dx + width, t * out_channels : (t + 1) * out_channels]
+        for t, (dy, dx) in enumerate(offsets)
+      ]
+    )
+
+    def grad(d_out):
+      padded = tf.pad(d_out, [[0, 0], [half, half], [half, half], [0, 0]])
+      return tf.concat(
+        [
+          padded[:, size - 1 - dy : size - 1 - dy + height, size - 1 - dx : size - 1 - dx + width]
+          for dy, dx in offsets
+        ],
+        axis=-1,
+      )
+
+    return out, grad
+
+  return shift_add(products)
 
 
 def conv2d_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:

@@ -63,3 +63,52 @@ def test_conv2d_same_equals_tf_conv2d_in_every_formulation(size, cin, cout):
     theirs = tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, 'SAME') ** 2)
   for a, b in zip(tape.gradient(ours, [x, kernel]), tape.gradient(theirs, [x, kernel])):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_shift_add_gradient_is_one_tensor_the_size_of_the_taps():
+  """The narrow 3x3 conv's backward builds no zero-padded copy of all taps per tap.
+
+  Autodiff of its nine tap slices gives nine StridedSliceGrad ops, each the size of
+  the whole 9-tap product, and an AddN of them; the written-out gradient is pads
+  of the output's gradient concatenated. Values are checked against tf.nn.conv2d
+  above, in float32, and here in float64 at both orders (the second order, taken
+  through the written-out gradient, may use slices' gradients: only the first is
+  training's).
+  """
+  x = tf.random.normal([2, 5, 6, 40], seed=1, dtype=tf.float64)
+  kernel = tf.random.normal([3, 3, 40, 4], seed=2, dtype=tf.float64)
+
+  @tf.function(autograph=False)
+  def grads(x, kernel):
+    with tf.GradientTape() as outer:
+      outer.watch(kernel)
+      with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        loss = tf.reduce_sum(nn.conv2d_same(x, kernel) ** 2)
+      dx, dk = tape.gradient(loss, [x, kernel])
+      second = tf.reduce_sum(dx**2)
+    return dx, dk, outer.gradient(second, kernel)
+
+  def reference(x, kernel):
+    with tf.GradientTape() as outer:
+      outer.watch(kernel)
+      with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        loss = tf.reduce_sum(tf.nn.conv2d(x, kernel, 1, 'SAME') ** 2)
+      dx, dk = tape.gradient(loss, [x, kernel])
+      second = tf.reduce_sum(dx**2)
+    return dx, dk, outer.gradient(second, kernel)
+
+  for ours, theirs in zip(grads(x, kernel), reference(x, kernel)):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-10)
+
+  @tf.function(autograph=False)
+  def first_order(x, kernel):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernel])
+      loss = tf.reduce_sum(nn.conv2d_same(x, kernel) ** 2)
+    return tape.gradient(loss, [x, kernel])
+
+  ops = [op.type for op in first_order.get_concrete_function(x, kernel).graph.get_operations()]
+  assert 'Conv2D' not in ops  # The taps' path.
+  assert 'StridedSliceGrad' not in ops
