@@ -164,29 +164,24 @@ def _sum_of_shifted_taps(products, size):
   the nine).
   """
   half = size // 2
-  height, width = tf.shape(products)[1], tf.shape(products)[2]
-  out_channels = products.shape[-1] // (size * size)
+  _, height, width, taps_channels = dims(products)
+  out_channels = taps_channels // (size * size)
   offsets = [(dy, dx) for dy in range(size) for dx in range(size)]
+
+  def windows(t, at, channels):
+    """`t` zero-padded by `half` on each side, then its image-sized window at each of
+    the offsets `at`, with the channels `channels(k)` of the k-th."""
+    t = tf.pad(t, [[0, 0], [half, half], [half, half], [0, 0]])
+    return [t[:, dy : dy + height, dx : dx + width, channels(k)] for k, (dy, dx) in enumerate(at)]
 
   @tf.custom_gradient
   def shift_add(products):
-    padded = tf.pad(products, [[0, 0], [half, half], [half, half], [0, 0]])
-    out = tf.add_n(
-      [
-        padded[:, dy : dy + height, dx : dx + width, t * out_channels : (t + 1) * out_channels]
-        for t, (dy, dx) in enumerate(offsets)
-      ]
-    )
+    tap = lambda k: slice(k * out_channels, (k + 1) * out_channels)
+    out = tf.add_n(windows(products, offsets, tap))
 
-    def grad(d_out):
-      padded = tf.pad(d_out, [[0, 0], [half, half], [half, half], [0, 0]])
-      return tf.concat(
-        [
-          padded[:, size - 1 - dy : size - 1 - dy + height, size - 1 - dx : size - 1 - dx + width]
-          for dy, dx in offsets
-        ],
-        axis=-1,
-      )
+    def grad(d_out):  # Tap (dy, dx) moved its products by (dy - h, dx - h): move them back.
+      back = [(size - 1 - dy, size - 1 - dx) for dy, dx in offsets]
+      return tf.concat(windows(d_out, back, lambda k: slice(None)), axis=-1)
 
     return out, grad
 

@@ -81,9 +81,10 @@ def _load(spec):
   from glow_tf.tools import synthetic_data
   from glow_tf.training import data
 
+  options = dict(in_memory='never', validation_size=0)  # Streamed, whole training split.
   if spec['format'] == 'folder':
-    return data.load(f'folder:{spec["path"]}', in_memory='never', validation_size=0)
-  return data.load(synthetic_data.NAME, data_dir=spec['path'], in_memory='never', validation_size=0)
+    return data.load(f'folder:{spec["path"]}', **options)
+  return data.load(synthetic_data.NAME, data_dir=spec['path'], **options)
 
 
 def run_worker(spec):
