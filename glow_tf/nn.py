@@ -23,6 +23,8 @@ __all__ = [
   'apply_to_images',
   'data_dependent_init',
   'initializing',
+  'initializing_into',
+  'not_initializing',
   'read',
   'stand_ins',
 ]
@@ -32,6 +34,7 @@ LOGSCALE_FACTOR = 3.0
 
 _ddi = ThreadFlag()
 _stand_ins = threading.local()
+_init_record = threading.local()
 
 
 @contextlib.contextmanager
@@ -80,9 +83,37 @@ def data_dependent_init():
     yield
 
 
+def not_initializing():
+  """Within this context, no ActNorm initialises, even inside `data_dependent_init`
+  (for functions traced in it that compute with initialised weights)."""
+  return _ddi.set(False)
+
+
 def initializing() -> bool:
   """Whether ActNorms initialise on their inputs now (inside `data_dependent_init`)."""
   return bool(_ddi)
+
+
+@contextlib.contextmanager
+def initializing_into(record: dict):
+  """Within this context, each ActNorm initialises on its input without assigning anything.
+
+  For a function traced under `stand_ins`: every ActNorm read through it is taken
+  as pending; its new `log_scale` and `shift` (the values `data_dependent_init`
+  would assign) go to `record`, keyed by `variable.ref()`, and stand in for its
+  variables for the rest of the context, so the layers after it see its
+  initialised output. The caller assigns `record` to whichever module's variables
+  the trace stood for: `CompiledSteps` initialises a level's K steps with one
+  trace this way.
+  """
+  if getattr(_stand_ins, 'values', None) is None:
+    raise RuntimeError('initializing_into needs an enclosing stand_ins context.')
+  previous = getattr(_init_record, 'record', None)
+  _init_record.record = record
+  try:
+    yield
+  finally:
+    _init_record.record = previous
 
 
 def apply_to_images(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -112,9 +143,15 @@ class ActNormLayer(tf.Module):
       self.initialized = tf.Variable(False, trainable=False, name='initialized')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    if initializing() and not self.is_initialized():
+    if self.pending():
       self.initialize(x)
     return x * tf.exp(read(self.log_scale)) + read(self.shift)
+
+  def pending(self) -> bool:
+    """Whether this layer initialises on its next input (see `initializing_into`)."""
+    if getattr(_init_record, 'record', None) is not None:
+      return True
+    return initializing() and not self.is_initialized()
 
   def is_initialized(self) -> bool:
     """The flag's value, read eagerly (`bool()` of a distributed variable is always True)."""
@@ -124,16 +161,22 @@ class ActNormLayer(tf.Module):
     return (y - read(self.shift)) * tf.exp(-read(self.log_scale))
 
   def initialize(self, x: tf.Tensor) -> None:
-    """Sets scale and shift so that `self(x)` has per-channel mean 0 and std 1."""
+    """Sets scale and shift so that `self(x)` has per-channel mean 0 and std 1
+    (inside `initializing_into`: records them instead)."""
     x = tf.convert_to_tensor(x, self.log_scale.dtype)
     mean, variance = tf.nn.moments(x, axes=list(range(x.shape.rank - 1)))
     tiny = tf.constant(1e-12, variance.dtype)
     log_scale = tf.where(
       variance > tiny, -0.5 * tf.math.log(tf.maximum(variance, tiny)), tf.zeros_like(variance)
     )
-    self.log_scale.assign(log_scale)
-    self.shift.assign(-mean * tf.exp(log_scale))
-    self.initialized.assign(True)
+    record = getattr(_init_record, 'record', None)
+    for variable, value in ((self.log_scale, log_scale), (self.shift, -mean * tf.exp(log_scale))):
+      if record is None:
+        variable.assign(value)
+      else:
+        record[variable.ref()] = _stand_ins.values[variable.ref()] = value
+    if record is None:
+      self.initialized.assign(True)
 
 
 def dims(x: tf.Tensor):
@@ -317,8 +360,11 @@ class CouplingNetwork(tf.Module):
 def _conv_actnorm_relu(x, conv: Conv2D, actnorm: ActNormLayer):
   """relu(actnorm(conv(x))), with ActNorm's scale folded into the kernel:
   relu(conv(x, W * s) + b), one pass over the wide activation instead of three."""
-  if initializing() and not actnorm.is_initialized():
-    actnorm.initialize(tf.cast(conv(x), actnorm.shift.dtype))  # Statistics in full precision.
+  if actnorm.pending():  # The convolution once: its output gives the statistics.
+    h = conv(x)
+    actnorm.initialize(tf.cast(h, actnorm.shift.dtype))  # Statistics in full precision.
+    scale, shift = tf.exp(read(actnorm.log_scale)), read(actnorm.shift)
+    return tf.nn.relu(h * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype))
   scale, shift = tf.exp(read(actnorm.log_scale)), read(actnorm.shift)
   return tf.nn.relu(tf.nn.bias_add(conv(x, scale=scale), tf.cast(shift, x.dtype)))
 

@@ -19,7 +19,8 @@ __all__ = ['SharedTrace', 'ThreadFlag']
 
 
 class ThreadFlag:
-  """A flag that is on within `with flag.on():` on this thread, and off elsewhere."""
+  """A flag that is on within `with flag.on():` on this thread, and off elsewhere
+  (or within `with flag.set(False):` inside it)."""
 
   def __init__(self):
     self._local = threading.local()
@@ -27,10 +28,14 @@ class ThreadFlag:
   def __bool__(self) -> bool:
     return getattr(self._local, 'on', False)
 
-  @contextlib.contextmanager
   def on(self):
+    return self.set(True)
+
+  @contextlib.contextmanager
+  def set(self, value: bool):
+    """Within `with flag.set(value):` on this thread, the flag is `value`."""
     previous = bool(self)
-    self._local.on = True
+    self._local.on = value
     try:
       yield
     finally:

@@ -8,6 +8,11 @@ under `nn.stand_ins` serves them all, each call taking that step's variables'
 values as arguments. The trace, and the graph optimisation before the first
 run, are then those of one step per level, whatever K.
 
+ActNorm's data-dependent initialisation goes the same way: under
+`nn.data_dependent_init` the forward pass initialises each step through one
+function traced per level (`nn.initializing_into`) and assigns what it returns,
+instead of running the step's layers eagerly, op by op.
+
 The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
 """
@@ -55,6 +60,8 @@ class CompiledSteps:
     self._forward = SharedTrace(self._forward_one)
     self._inverse = SharedTrace(self._inverse_one)
     self._backward = SharedTrace(self._backward_one)
+    self._initialize = SharedTrace(self._initialize_one)
+    self._actnorms = None  # Per step, its ActNorm layers: walked on the first initialisation.
 
   @classmethod
   def of(cls, steps) -> 'CompiledSteps | None':
@@ -86,14 +93,23 @@ class CompiledSteps:
     return log_det + tf.zeros(tf.shape(x)[: x.shape.rank - event_ndims], x.dtype)
 
   def _forward_one(self, x, values):
-    with nn.stand_ins(self._variables, values):
+    with nn.stand_ins(self._variables, values), nn.not_initializing():
       y, log_det = forward_and_log_det(self._template, x)
     return y, self._per_example(log_det, x)
 
   def _inverse_one(self, y, values):
-    with nn.stand_ins(self._variables, values):
+    with nn.stand_ins(self._variables, values), nn.not_initializing():
       x, log_det = inverse_and_log_det(self._template, y)
     return x, self._per_example(log_det, y)
+
+  def _initialize_one(self, x, values):
+    """The step's forward pass with every ActNorm initialising on its input; returns
+    `(y, log_det, {variable index: initialised value})`."""
+    record = {}
+    with nn.stand_ins(self._variables, values), nn.initializing_into(record):
+      y, log_det = forward_and_log_det(self._template, x)
+    indices = [i for i, v in enumerate(self._variables) if v.ref() in record]
+    return y, self._per_example(log_det, x), {i: record[self._variables[i].ref()] for i in indices}
 
   def _backward_one(self, y, dy, d_log_det, values):
     """Rebuilds the step's input from `y`; returns it, its gradient and the weights'."""
@@ -121,8 +137,38 @@ class CompiledSteps:
     return t, log_det
 
   def forward(self, x):
-    """`(y, log_det)` of every step in order, log-det per example."""
+    """`(y, log_det)` of every step in order, log-det per example.
+
+    Inside `nn.data_dependent_init`, ActNorms not yet initialised initialise on
+    their inputs, as the steps' own layers would: a step whose ActNorms all wait
+    for it through the level's traced initialisation, a step with only some
+    through its own layers, eagerly.
+    """
+    if nn.initializing():
+      return self._initializing_forward(x)
     return self._chain(self._forward, x, range(len(self._steps)))
+
+  def _initializing_forward(self, x):
+    if self._actnorms is None:
+      self._actnorms = [
+        [m for m in step.submodules if isinstance(m, nn.ActNormLayer)] for step in self._steps
+      ]
+    log_det = tf.zeros([], x.dtype)
+    for k, (step, layers) in enumerate(zip(self._steps, self._actnorms)):
+      pending = [not layer.is_initialized() for layer in layers]
+      if pending and all(pending):
+        x, step_log_det, values = self._initialize(x, self._values(k))
+        for i, value in values.items():
+          self._step_variables[k][i].assign(value)
+        for layer in layers:
+          layer.initialized.assign(True)
+      elif any(pending):
+        x, step_log_det = forward_and_log_det(step, x)
+        step_log_det = self._per_example(step_log_det, x)
+      else:
+        x, step_log_det = self._forward(x, self._values(k))
+      log_det += step_log_det
+    return x, log_det
 
   def inverse(self, y):
     """`(x, log_det)` of every step's inverse, last step first."""
@@ -148,8 +194,9 @@ class CompiledSteps:
     return y, dy, list(after)
 
   def tracing_count(self) -> int:
-    """How many times the three functions were traced (one step each, whatever K)."""
-    return sum(fn.tracing_count() for fn in (self._forward, self._inverse, self._backward))
+    """How many times its functions were traced (one step each, whatever K)."""
+    functions = (self._forward, self._inverse, self._backward, self._initialize)
+    return sum(fn.tracing_count() for fn in functions)
 
 
 _CACHE = weakref.WeakKeyDictionary()

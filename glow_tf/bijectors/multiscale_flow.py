@@ -8,7 +8,6 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import chain as chain_lib
 from tensorflow_probability.python.internal import prefer_static as ps
 
-from glow_tf import nn
 from glow_tf.bijectors import compiled_steps as compiled_lib
 from glow_tf.bijectors.affine_coupling import split_channels
 from glow_tf.bijectors.flow_bijector import (
@@ -151,11 +150,9 @@ class MultiScaleFlow(FlowBijector):
     """Level `index`'s flow steps traced once and called K times, or None (per layer).
 
     None when `compile_steps` is off, when the steps differ in structure or are
-    not the trailing parts of the level, during ActNorm's data-dependent
-    initialisation (which runs layer by layer, eagerly), and inside
-    `compiled_steps.per_layer()`.
+    not the trailing parts of the level, and inside `compiled_steps.per_layer()`.
     """
-    if not self._compile_steps or nn.initializing() or compiled_lib.per_layer_active():
+    if not self._compile_steps or compiled_lib.per_layer_active():
       return None
     steps, parts = self.steps(index), self.level_parts(index)
     if not steps or any(a is not b for a, b in zip(parts[-len(steps) :], steps)):

@@ -35,8 +35,53 @@ def test_compiled_steps_are_used_and_per_layer_flow_has_none():
   for level in range(TINY['levels']):
     assert isinstance(compiled.multiscale.compiled_steps(level), CompiledSteps)
     assert per_layer.multiscale.compiled_steps(level) is None
-  with glow_tf.nn.data_dependent_init():  # ActNorm's init runs layer by layer.
-    assert compiled.multiscale.compiled_steps(0) is None
+
+
+def actnorm_values(flow):
+  layers = [m for m in flow.submodules if isinstance(m, glow_tf.nn.ActNormLayer)]
+  return [(v.name, v.numpy()) for layer in layers for v in (layer.log_scale, layer.shift)]
+
+
+@pytest.mark.parametrize('dtype, rtol', [('float32', 1e-5), ('float64', 1e-12)])
+def test_initialisation_traced_per_level_gives_the_per_layer_values(dtype, rtol):
+  config = glow_tf.GlowConfig(**TINY, dtype=dtype)
+  compiled = glow_tf.build_glow(config)
+  per_layer = glow_tf.build_glow(config.replace(compile_steps=False))
+  x = images(dtype=dtype)
+  assert glow_tf.initialize(compiled, x) == glow_tf.initialize(per_layer, x)
+  # One trace per level initialised every step; no step ran layer by layer.
+  for level in range(TINY['levels']):
+    assert compiled.multiscale.compiled_steps(level)._initialize.tracing_count() == 1
+  a, b = actnorm_values(compiled), actnorm_values(per_layer)
+  assert [name for name, _ in a] == [name for name, _ in b]
+  for (name, value_a), (_, value_b) in zip(a, b):
+    np.testing.assert_allclose(value_a, value_b, rtol=rtol, atol=rtol, err_msg=name)
+  assert not np.allclose(a[-1][1], 0)  # The values were set, not left at zero.
+
+
+def test_initialisation_of_a_partly_initialised_level():
+  """A step with only some ActNorms pending runs its own layers; the others keep theirs."""
+  config = glow_tf.GlowConfig(**TINY, dtype='float64')
+  compiled = glow_tf.build_glow(config)
+  per_layer = glow_tf.build_glow(config.replace(compile_steps=False))
+  x = images(dtype='float64')
+  for flow in (compiled, per_layer):
+    glow_tf.initialize(flow, x)
+    checks.perturb(flow, 0.05, seed=3)
+    # Undo the init of one ActNorm of the level's second step, and of all of its third's.
+    steps = flow.multiscale.steps(0)
+    layers = [
+      [m for m in step.submodules if isinstance(m, glow_tf.nn.ActNormLayer)] for step in steps
+    ]
+    for layer in [layers[1][0], *layers[2]]:
+      layer.initialized.assign(False)
+  before = actnorm_values(compiled)
+  assert glow_tf.initialize(compiled, x) == glow_tf.initialize(per_layer, x) == 4
+  after, expected = actnorm_values(compiled), actnorm_values(per_layer)
+  changed = [name for (name, old), (_, new) in zip(before, after) if not np.array_equal(old, new)]
+  assert len(changed) == 8, changed  # Four layers' scale and shift.
+  for (name, value_a), (_, value_b) in zip(after, expected):
+    np.testing.assert_allclose(value_a, value_b, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -117,9 +162,9 @@ def outer_ops(depth: int, compile_steps: bool) -> tuple[int, int]:
 def test_trace_does_not_grow_with_depth():
   ops_2, traces_2 = outer_ops(2, compile_steps=True)
   ops_32, traces_32 = outer_ops(32, compile_steps=True)
-  # One step per level traced (forward; its gradient is TensorFlow's, of the call),
-  # whatever the depth.
-  assert traces_2 == traces_32 == TINY['levels']
+  # One step per level traced for ActNorm's init and one for the forward pass (its
+  # gradient is TensorFlow's, of the call), whatever the depth.
+  assert traces_2 == traces_32 == 2 * TINY['levels']
   # Each further step adds its call and a few ops around it (its variables' captures,
   # the log-det sum, the gradient's call), not its layers.
   per_step = (ops_32 - ops_2) / (30 * TINY['levels'])
