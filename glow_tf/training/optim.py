@@ -20,7 +20,6 @@ __all__ = [
   'ExponentialMovingAverage',
   'Optimizer',
   'OPTIMIZERS',
-  'global_norm_clip',
   'local_assign',
   'local_assign_add',
 ]
@@ -41,15 +40,6 @@ def local_assign_add(variable: tf.Variable, value) -> None:
   )
 
 
-def global_norm_clip(grads: Sequence[tf.Tensor], clip_norm: float):
-  """Returns `(grads scaled to global norm <= clip_norm, global norm)`; clip_norm <= 0: no clip."""
-  norm = tf.linalg.global_norm(grads)
-  if clip_norm <= 0:
-    return list(grads), norm
-  scale = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
-  return [g * scale for g in grads], norm
-
-
 def _groups(groups, count: int) -> list[list[int]]:
   """Index groups covering `range(count)` once each (default: one group of all)."""
   if groups is None:
@@ -61,6 +51,10 @@ def _groups(groups, count: int) -> list[list[int]]:
       f'variable groups must cover each of the {count} variables once; got {groups}.'
     )
   return groups
+
+
+def _sum_of_squares(tensors) -> tf.Tensor:
+  return tf.add_n([2.0 * tf.cast(tf.nn.l2_loss(t), tf.float32) for t in tensors])
 
 
 class Optimizer(tf.Module):
@@ -95,6 +89,7 @@ class Optimizer(tf.Module):
     self._variables = list(variables)
     self._groups = _groups(groups, len(self._variables))
     self._apply_group = SharedTrace(self._apply_handles, 'apply_group')
+    self._group_sum_of_squares = SharedTrace(_sum_of_squares, 'group_sum_of_squares')
     with self.name_scope:
       self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name='iterations')
       self.first_moments = [
@@ -122,20 +117,44 @@ class Optimizer(tf.Module):
       scalars['beta2_power'] = tf.pow(self.beta_2, t)
     return {k: tf.cast(v, dtype) for k, v in scalars.items()}
 
-  def _apply_handles(self, handles, ms, vs, grads, scalars, apply_if):
+  def _apply_handles(self, handles, ms, vs, grads, scalars, apply_if, grad_scale):
     apply_op = (
       tf.raw_ops.ResourceApplyAdam if self.kind == 'adam' else tf.raw_ops.ResourceApplyAdaMax
     )
 
     def apply():
       for var, m, v, grad in zip(handles, ms, vs, grads):
+        if grad_scale is not None:
+          grad *= tf.cast(grad_scale, grad.dtype)
         apply_op(var=var, m=m, v=v, grad=grad, **scalars)
       return tf.constant(True)
 
     return tf.cond(apply_if, apply, lambda: tf.constant(False))
 
-  def apply(self, grads: Sequence[tf.Tensor], learning_rate, apply_if=True) -> None:
-    """One step with `grads` at `learning_rate`, if `apply_if` (a bool tensor) holds.
+  def global_norm(self, grads: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The global norm of `grads` (one per trained variable), float32.
+
+    Each group's sum of squares is one traced call (as its update), so the caller's
+    graph holds no op per variable.
+    """
+    sums = [
+      self._group_sum_of_squares([tf.convert_to_tensor(grads[i]) for i in group])
+      for group in self._groups
+    ]
+    return tf.sqrt(tf.add_n(sums))
+
+  def clip_scale(self, norm, clip_norm: float):
+    """What scales gradients of global norm `norm` to at most `clip_norm`; None if
+    `clip_norm <= 0` (no clipping)."""
+    if clip_norm <= 0:
+      return None
+    return tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+
+  def apply(
+    self, grads: Sequence[tf.Tensor], learning_rate, apply_if=True, grad_scale=None
+  ) -> None:
+    """One step with `grads` (times `grad_scale`, if given) at `learning_rate`, if
+    `apply_if` (a bool tensor) holds.
 
     A step not applied leaves variables, moments and the step count exactly as they
     were. The condition is decided inside each group's traced update, so the
@@ -154,6 +173,7 @@ class Optimizer(tf.Module):
         [tf.convert_to_tensor(grads[i]) for i in group],
         scalars[dtype],
         apply_if,
+        grad_scale,
       )
     local_assign_add(self.iterations, tf.cast(apply_if, tf.int64))
 

@@ -263,11 +263,12 @@ class Trainer:
       grads = [g / scale for g in grads]
     grads = self._all_reduce(grads)
     loss_sum, bpd_sum = self._all_reduce([loss_sum, bpd_sum])
-    grads, grad_norm = optim.global_norm_clip(grads, self.config.grad_clip_norm)
+    grad_norm = self.optimizer.global_norm(grads)
     finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(loss_sum)
     step = self.step.read_value()
     learning_rate = self.learning_rate(step)
-    self.optimizer.apply(grads, learning_rate, apply_if=finite)
+    clip = self.optimizer.clip_scale(grad_norm, self.config.grad_clip_norm)
+    self.optimizer.apply(grads, learning_rate, apply_if=finite, grad_scale=clip)
     self.ema.update(apply_if=finite, num_updates=step)
     # Counters: every replica computes the same values from the same all-reduced sums.
     optim.local_assign_add(self.step, 1)
