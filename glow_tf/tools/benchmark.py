@@ -370,7 +370,10 @@ def _trainer_run(spec):
     results['train_img_s'] = [shape.batch_size / t for t in seconds]
   else:
     trainer.train_step(iterator)  # Warm-up: the allocator's pools and the prefetch settle.
-  results['step_mib'] = _allocated_mib(lambda: trainer.train_step(iterator))
+  # The median of three steps: the executor's order, and so the peak, varies a little.
+  results['step_mib'] = statistics.median(
+    _allocated_mib(lambda: trainer.train_step(iterator)) for _ in range(3)
+  )
   if spec.get('save'):
     trainer.save()
   return results
@@ -380,6 +383,13 @@ def run_worker(spec):
   """Runs one measurement; returns a dict of figures."""
   if spec['kind'].startswith('data_'):
     return data_benchmark.run_worker(spec)
+  if spec['kind'] == 'allocator_probe':
+    _block(tf.ones([256, 256]) @ tf.ones([256, 256]))
+    try:
+      tf.config.experimental.reset_memory_stats('CPU:0')
+    except ValueError:  # "Cannot reset memory stats": this allocator keeps none.
+      return dict(keeps_statistics=False)
+    return dict(keeps_statistics=True)
   if spec.get('cpu_devices'):  # Before the runtime starts: no op has run in this process.
     tf.config.set_logical_device_configuration(
       tf.config.list_physical_devices('CPU')[0],
@@ -518,15 +528,32 @@ def machine_facts():
   )
 
 
+# Environments of the CPU allocators whose statistics measure a step's memory.
+ALLOCATORS = {'default': {}, 'BFC': {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}}
+
+
+def _statistics_allocator() -> str:
+  """'default' if TF's default CPU allocator keeps statistics here, else 'BFC'.
+
+  The default allocator keeps them only when oneDNN is on (off on some x86 CPUs, as
+  on one CI machine); BFC keeps them everywhere, but counts each allocation as the
+  whole free chunk it took (BFC splits a chunk only if it is at least twice the
+  request), so its peaks carry up to 2x fragmentation that grows with the number of
+  tensors: --recompute at K=64 read 1.31x K=32's memory beyond the gradients under
+  BFC, 1.0x under the default allocator, same machine.
+  """
+  if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true'):
+    return 'BFC'  # Chosen by the caller; the workers inherit it.
+  probe = spawn(dict(kind='allocator_probe'))
+  return 'default' if probe.get('keeps_statistics') else 'BFC'
+
+
 def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> dict:
   """glow_tf's Trainer at depth K = shape.depth and `deep`: compiled steps with and
   without --recompute, and the per-layer path; --recompute's memory at 2 x `deep`;
   a resume at `deep`. Keys: ('trainer', K, recompute, compiled) and ('resume', K)."""
-  figures = {}
-  # The step memory is read from the CPU allocator's statistics, which TF's default CPU
-  # allocator keeps only when oneDNN is on (it is off on some x86 CPUs); its BFC allocator
-  # keeps them everywhere. Every row of this table runs with it, so its ratios stay fair.
-  allocator = {'TF_CPU_ALLOCATOR_USE_BFC': 'true'}
+  figures = {'allocator': _statistics_allocator()}
+  allocator = ALLOCATORS[figures['allocator']]  # Every row the same: its ratios stay fair.
   with tempfile.TemporaryDirectory() as scratch:
 
     def run(depth, recompute, compiled, **extra):
@@ -663,7 +690,8 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
     'a `.numpy()` per step) on random images, each row a fresh process. First step: '
     'from building the Trainer to the end of its first step (in brackets: building, '
     "ActNorm's data-dependent init, the step's trace and first run). Step memory: what "
-    "one step adds to the CPU allocator's peak after warm-up. Analytic: the gradients "
+    "one step adds to the CPU allocator's peak after warm-up (median of three steps; "
+    f'allocator: {figures.get("allocator", "default")}). Analytic: the gradients '
     '(4 bytes per parameter, held until the update) plus the activations the backward '
     "pass keeps: the coupling networks' hidden activations of every step with a tape "
     '(`activation_bytes`), one step at a time with --recompute.',

@@ -81,6 +81,7 @@ def test_report_computes_ratios_and_judges_targets():
     ('peak', 'float32'): dict(conv_peak_gflops=[100.0]),
     ('peak', 'bfloat16'): dict(conv_peak_gflops=[190.0]),
     'memory_depth': 32,
+    'allocator': 'BFC',
     'mirrored': dict(one_device_img_s=[20.0], mirrored_img_s=[17.0], devices=2),
   }
   text = benchmark.report(shape, figures, [False], 'python -m glow_tf.benchmark', FACTS)
@@ -116,6 +117,7 @@ def test_report_computes_ratios_and_judges_targets():
   # 3 x 21.23 GFLOP per 16 images at 20 and 26 img/s: 79.6 and 103.5 GFLOP/s.
   assert "(of its precision's conv peak) | 79.6 (80%) | 103.5 (54%) |" in text
   assert 'Command: `python -m glow_tf.benchmark`' in text and 'test cpu, 2 cores' in text
+  assert 'median of three steps; allocator: BFC' in text
 
 
 def test_a_failed_measurement_is_reported_not_hidden():
@@ -123,6 +125,19 @@ def test_a_failed_measurement_is_reported_not_hidden():
   figures = {('glow_tf', False): dict(error='ResourceExhaustedError: OOM')}
   text = benchmark.report(shape, figures, [False], 'cmd', FACTS)
   assert "Measurement ('glow_tf', False) failed: ResourceExhaustedError: OOM" in text
+
+
+@pytest.mark.parametrize('onednn, allocator', [('0', 'BFC'), ('1', 'default')])
+def test_step_memory_is_read_from_an_allocator_that_keeps_statistics(
+  monkeypatch, onednn, allocator
+):
+  # TF's default CPU allocator keeps statistics only with oneDNN on; BFC always does,
+  # but its peaks include fragmentation, so it is the fallback, probed in a fresh process.
+  monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', onednn)
+  monkeypatch.delenv('TF_CPU_ALLOCATOR_USE_BFC', raising=False)
+  assert benchmark._statistics_allocator() == allocator
+  monkeypatch.setenv('TF_CPU_ALLOCATOR_USE_BFC', 'true')  # The caller's choice wins.
+  assert benchmark._statistics_allocator() == 'BFC'
 
 
 @pytest.mark.slow
