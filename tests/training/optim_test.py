@@ -64,6 +64,11 @@ def test_clipping_scales_the_gradients_to_the_clip_norm():
   plain.apply([g * scale for g in grads], 0.01)
   for a, b in zip(variables, twins):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+  # A first Adamax step hardly depends on the gradients' scale (m / |g|): the first
+  # moments do, m = (1 - b1) * scale * g, so an ignored scale fails here.
+  for m, m_plain, g in zip(clipped.first_moments, plain.first_moments, grads):
+    np.testing.assert_allclose(m.numpy(), m_plain.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(m.numpy(), 0.1 * scale.numpy() * g.numpy(), rtol=1e-5)
 
 
 def test_a_step_not_applied_changes_nothing():
