@@ -19,14 +19,18 @@ __all__ = [
   'ClassifierHead',
   'Conv2D',
   'CouplingNetwork',
+  'StackedRow',
+  'StepStack',
   'ZeroConv2D',
   'apply_to_images',
   'data_dependent_init',
   'initializing',
   'initializing_into',
   'not_initializing',
+  'parameters',
   'read',
   'stand_ins',
+  'trained',
 ]
 
 # Official Glow multiplies zero-initialised outputs by exp(3 * logs).
@@ -61,9 +65,167 @@ def stand_ins(variables, values):
 
 
 def read(variable):
-  """The value a layer computes with for `variable`: itself, or its stand-in (`stand_ins`)."""
+  """The value a layer computes with for `variable`: itself (a `StackedRow`'s row), or its
+  stand-in (`stand_ins`)."""
   values = getattr(_stand_ins, 'values', None)
-  return values.get(variable.ref(), variable) if values else variable
+  if values and variable.ref() in values:
+    return values[variable.ref()]
+  return variable.value() if isinstance(variable, StackedRow) else variable
+
+
+class StackedRow:
+  """Row `index` of a `[K, ...]` variable, where a layer would hold a variable of its own.
+
+  Built by `StepStack.build`: the K flow steps of a level create their variables
+  as rows, and each of their layer's variables is held once, stacked over the K
+  steps, by the `StepStack` (a `tf.Module`, so checkpoints, optimisers and
+  `trainable_variables` see the stacked variables, not the rows). A deep flow then
+  has ~50 variables per level instead of ~50 per step: tracing, the optimiser's
+  update and start-up stop growing with K.
+
+  Layers read it through `read` (or `tf.convert_to_tensor`): its row, a gather.
+  It reads and assigns like a variable (`numpy`, `read_value`, `assign`), so a
+  layer's code does not change; `ref()` is the row itself.
+  """
+
+  def __init__(self, initial_value, name: str, trainable: bool):
+    self._initial = initial_value
+    self.name, self.trainable = name, trainable
+    self.stack, self.index = None, None
+
+  def bind(self, stack: tf.Variable, index: int) -> None:
+    self.stack, self.index = stack, index
+    self._initial = None
+
+  @property
+  def shape(self) -> tf.TensorShape:
+    return self._initial.shape if self.stack is None else self.stack.shape[1:]
+
+  @property
+  def dtype(self) -> tf.DType:
+    return (self._initial if self.stack is None else self.stack).dtype
+
+  def ref(self) -> 'StackedRow':
+    return self
+
+  def value(self) -> tf.Tensor:
+    """The row: `tf.gather` of the stacked variable (its gradient is sparse, one row)."""
+    if self.stack is None:
+      return self._initial
+    return tf.gather(self.stack, self.index)
+
+  read_value = value
+
+  def numpy(self):
+    return self.value().numpy()
+
+  def assign(self, value) -> None:
+    """Sets the row (in cross-replica context under a strategy: every copy)."""
+    value = tf.convert_to_tensor(value, self.dtype)
+    self.stack.scatter_update(tf.IndexedSlices(value[tf.newaxis], tf.constant([self.index])))
+
+  def __repr__(self):
+    return f'<StackedRow {self.name!r} row {self.index} of {getattr(self.stack, "name", None)}>'
+
+
+tf.register_tensor_conversion_function(
+  StackedRow, lambda row, dtype=None, name=None, as_ref=False: row.value()
+)
+
+
+def parameters(module: tf.Module) -> list:
+  """`module`'s variables and `StackedRow`s, in `tf.Module` order (its rows stand for
+  variables it does not own)."""
+  found = module._flatten(predicate=lambda v: isinstance(v, (tf.Variable, StackedRow)))  # pylint: disable=protected-access
+  return list(found)
+
+
+def trained(module: tf.Module) -> list[tf.Variable]:
+  """The variables training updates for `module`: its own trainable ones, and the
+  stacked variables behind its trainable rows (each once)."""
+  seen, found = set(), []
+  for p in parameters(module):
+    if not p.trainable:
+      continue
+    variable = p.stack if isinstance(p, StackedRow) else p
+    if variable.ref() not in seen:
+      seen.add(variable.ref())
+      found.append(variable)
+  return found
+
+
+def _stacked_name(names: list[str], scope: str) -> str:
+  """The name of the variable stacking variables `names` (one per step), under `scope`:
+  their path below it, without the first part if that differs by step (the step's own
+  scope): `glow/level_0/step_3/coupling/kernel` -> `coupling/kernel`."""
+  prefix = f'{scope}/' if scope else ''
+  parts = [n[len(prefix) :].split('/') if n.startswith(prefix) else n.split('/') for n in names]
+  if len(parts[0]) > 1 and len({p[0] for p in parts}) == len(parts) > 1:
+    return '/'.join(parts[0][1:])
+  return '/'.join(parts[0])
+
+
+class StepStack(tf.Module):
+  """The variables of K flow steps of one structure, each held once as `[K, ...]`.
+
+  `StepStack.build(make_step, K)` builds the K steps with their variables as
+  `StackedRow`s (a `tf.variable_creator_scope`: layers are built as usual), then
+  stacks each variable's K initial values into one variable (created in the
+  caller's scope, so under a strategy it is mirrored). `stacked` lists them in
+  the layers' creation order.
+  """
+
+  def __init__(self, rows: list[list[StackedRow]], name: str = 'steps'):
+    scope = tf.get_current_name_scope()
+    super().__init__(name=name)
+    first = rows[0]
+    for k, step in enumerate(rows):
+      if [(r.shape, r.dtype, r.trainable) for r in step] != [
+        (r.shape, r.dtype, r.trainable) for r in first
+      ]:
+        raise ValueError(
+          f'StepStack needs steps of one structure; step {k} has variables '
+          f'{[(r.name, r.shape.as_list()) for r in step]}, step 0 '
+          f'{[(r.name, r.shape.as_list()) for r in first]}.'
+        )
+    with self.name_scope:
+      self.stacked = [
+        tf.Variable(
+          tf.stack([step[i].value() for step in rows]),
+          trainable=first[i].trainable,
+          name=_stacked_name([step[i].name for step in rows], scope),
+        )
+        for i in range(len(first))
+      ]
+    for k, step in enumerate(rows):
+      for row, stack in zip(step, self.stacked):
+        row.bind(stack, k)
+
+  @classmethod
+  def build(cls, make_step: Callable[[int], tf.Module], count: int, name: str = 'steps'):
+    """`(steps, stack)`: `make_step(k)` for k < `count`, their variables held by `stack`."""
+    rows, steps = [], []
+    for k in range(count):
+      rows.append([])
+
+      def creator(next_creator, **kwargs):
+        del next_creator
+        initial = kwargs['initial_value']
+        initial = initial() if callable(initial) else initial
+        initial = tf.convert_to_tensor(initial, kwargs.get('dtype'))
+        trainable = kwargs.get('trainable')
+        scope = tf.get_current_name_scope()
+        row = StackedRow(
+          initial,
+          f'{scope}/{kwargs.get("name") or "Variable"}',
+          True if trainable is None else bool(trainable),
+        )
+        rows[-1].append(row)
+        return row
+
+      with tf.variable_creator_scope(creator):
+        steps.append(make_step(k))
+    return steps, cls(rows, name=name)
 
 
 @contextlib.contextmanager

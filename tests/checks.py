@@ -192,6 +192,11 @@ class BijectorContract:
       bijector.forward(tf.zeros(self.event_shape[1:]), **self.kwargs(1))
 
 
+def held(variable) -> tf.Variable:
+  """The variable holding `variable`'s value: itself, or a `StackedRow`'s stacked variable."""
+  return getattr(variable, 'stack', None) or variable
+
+
 def variable_reads(graph, variable) -> int:
   """How many ReadVariableOps of `variable` a traced FuncGraph holds."""
   handles = [internal for external, internal in graph.captures if external is variable.handle]

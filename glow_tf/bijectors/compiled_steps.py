@@ -13,6 +13,11 @@ ActNorm's data-dependent initialisation goes the same way: under
 function traced per level (`nn.initializing_into`) and assigns what it returns,
 instead of running the step's layers eagerly, op by op.
 
+Steps built with their variables stacked (`nn.StepStack`, as `build_glow`
+does) are read once per pass: each `[K, ...]` variable is read and unstacked,
+and the reversible backward stacks the K steps' gradients into one per stacked
+variable. Steps with variables of their own (a user's layers) pass those.
+
 The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
 """
@@ -33,8 +38,23 @@ def _signature(step) -> tuple:
   parts = step.bijectors if hasattr(step, 'bijectors') else [step]
   return (
     tuple(type(p).__name__ for p in parts),
-    tuple((tuple(v.shape.as_list()), v.dtype.name, v.trainable) for v in step.variables),
+    tuple((tuple(v.shape.as_list()), v.dtype.name, v.trainable) for v in nn.parameters(step)),
   )
+
+
+def _stacks(step_variables) -> list | None:
+  """The stacked variables behind every step's rows, in template order, if each step's
+  i-th parameter is a row of the same i-th stacked variable; else None."""
+  first = step_variables[0]
+  if not first or not all(isinstance(p, nn.StackedRow) for p in first):
+    return None
+  for params in step_variables:
+    if any(
+      not isinstance(p, nn.StackedRow) or p.stack is not q.stack or p.index != params[0].index
+      for p, q in zip(params, first)
+    ):
+      return None
+  return [p.stack for p in first]
 
 
 class CompiledSteps:
@@ -54,8 +74,10 @@ class CompiledSteps:
   def __init__(self, steps):
     self._steps = list(steps)
     self._template = self._steps[0]
-    self._step_variables = [list(step.variables) for step in self._steps]  # Walked once.
+    self._step_variables = [nn.parameters(step) for step in self._steps]  # Walked once.
     self._variables = self._step_variables[0]
+    self._stacks = _stacks(self._step_variables)  # Or None: variables of their own.
+    self._rows = [params[0].index for params in self._step_variables] if self._stacks else None
     self._trainable = [i for i, v in enumerate(self._variables) if v.trainable]
     self._forward = SharedTrace(self._forward_one)
     self._inverse = SharedTrace(self._inverse_one)
@@ -75,15 +97,26 @@ class CompiledSteps:
   def steps(self) -> list:
     return list(self._steps)
 
-  def _values(self, k: int) -> list:
-    """Step `k`'s variables: the arguments of its call.
+  def _read(self) -> list | None:
+    """For stacked steps, each stacked variable read once and unstacked (one pass's
+    values of every step); None for steps with variables of their own.
+
+    A strategy's distributed variables are read here, in the replica's context, so
+    that the read (and the caller's tape) sees this replica's copy.
+    """
+    if self._stacks is None:
+      return None
+    return [tf.unstack(tf.convert_to_tensor(stack)) for stack in self._stacks]
+
+  def _values(self, k: int, rows: list | None) -> list:
+    """Step `k`'s variables: the arguments of its call (`rows`: what `_read` returned).
 
     Plain variables are passed as variables, not values: the call then reads them
     itself, and the caller's graph holds one call per step instead of a read per
-    variable per step. A strategy's distributed variables are read here, in the
-    replica's context, so that the read (and the caller's tape) sees this
-    replica's copy.
+    variable per step.
     """
+    if rows is not None:
+      return [unstacked[self._rows[k]] for unstacked in rows]
     return [
       tf.convert_to_tensor(v) if isinstance(v, tf.distribute.DistributedValues) else v
       for v in self._step_variables[k]
@@ -130,9 +163,9 @@ class CompiledSteps:
 
   def _chain(self, step_fn, t, order):
     """`step_fn` through the steps in `order`, summing their log-dets."""
-    log_det = tf.zeros([], t.dtype)
+    log_det, rows = tf.zeros([], t.dtype), self._read()
     for k in order:
-      t, step_log_det = step_fn(t, self._values(k))
+      t, step_log_det = step_fn(t, self._values(k, rows))
       log_det += step_log_det
     return t, log_det
 
@@ -153,11 +186,11 @@ class CompiledSteps:
       self._actnorms = [
         [m for m in step.submodules if isinstance(m, nn.ActNormLayer)] for step in self._steps
       ]
-    log_det = tf.zeros([], x.dtype)
+    log_det, rows = tf.zeros([], x.dtype), self._read()
     for k, (step, layers) in enumerate(zip(self._steps, self._actnorms)):
       pending = [not layer.is_initialized() for layer in layers]
       if pending and all(pending):
-        x, step_log_det, values = self._initialize(x, self._values(k))
+        x, step_log_det, values = self._initialize(x, self._values(k, rows))
         for i, value in values.items():
           self._step_variables[k][i].assign(value)
         for layer in layers:
@@ -166,7 +199,7 @@ class CompiledSteps:
         x, step_log_det = forward_and_log_det(step, x)
         step_log_det = self._per_example(step_log_det, x)
       else:
-        x, step_log_det = self._forward(x, self._values(k))
+        x, step_log_det = self._forward(x, self._values(k, rows))
       log_det += step_log_det
     return x, log_det
 
@@ -179,18 +212,27 @@ class CompiledSteps:
 
     Each step's input is rebuilt from its output, so no step's activations are
     kept beyond its own call. Adds every trained variable's gradient to `grads`
-    (keyed by `variable.ref()`); returns `(x, dx, done)`, `done` being tensors the
-    next part's rebuild waits on.
+    (keyed by `variable.ref()`; a stacked variable's is its K steps' stacked);
+    returns `(x, dx, done)`, `done` being tensors the next part's rebuild waits on.
     """
+    rows, per_row = self._read(), {}
     for k in reversed(range(len(self._steps))):
       with tf.control_dependencies([dy, *after]):
         y = tf.identity(y)
-      y, dy, step_grads = self._backward(y, dy, d_log_det, self._values(k))
-      variables = self._step_variables[k]
+      y, dy, step_grads = self._backward(y, dy, d_log_det, self._values(k, rows))
       for i, grad in zip(self._trainable, step_grads):
-        key = variables[i].ref()
+        if rows is not None:
+          per_row.setdefault(i, {})[self._rows[k]] = grad
+          continue
+        key = self._step_variables[k][i].ref()
         grads[key] = grad if key not in grads else grads[key] + grad
       after = [dy, *step_grads]
+    for i, by_row in per_row.items():
+      stack = self._stacks[i]
+      zero = tf.zeros(stack.shape[1:], stack.dtype)  # A row no step of this level uses.
+      grad = tf.stack([by_row.get(r, zero) for r in range(stack.shape[0])])
+      key = stack.ref()
+      grads[key] = grad if key not in grads else grads[key] + grad
     return y, dy, list(after)
 
   def tracing_count(self) -> int:

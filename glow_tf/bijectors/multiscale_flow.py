@@ -63,6 +63,7 @@ class MultiScaleFlow(FlowBijector):
     image_shape: Sequence[int],
     dtype=tf.float32,
     compile_steps: bool = True,
+    step_stacks: Sequence[tf.Module] = (),
     validate_args: bool = False,
     name: str = 'multiscale_flow',
   ):
@@ -78,6 +79,9 @@ class MultiScaleFlow(FlowBijector):
       compile_steps: run each level's flow steps as one step traced once and called
         K times (`CompiledSteps`) where they share one structure; False: every
         layer traced on its own (the same values, a graph that grows with K).
+      step_stacks: the `nn.StepStack`s holding the levels' steps' variables, if
+        they were built stacked (`build_glow` with `stack_steps`): the flow owns
+        them, so its `variables` and checkpoints hold them.
       validate_args: TFP's flag.
       name: name of the bijector.
     """
@@ -90,6 +94,7 @@ class MultiScaleFlow(FlowBijector):
     self._levels = list(levels)
     self._split_priors = list(split_priors)
     self._compile_steps = compile_steps
+    self._step_stacks = list(step_stacks)
     self._image_shape = tuple(int(d) for d in image_shape)
     self._latent_shapes = []
     shape = tf.TensorShape(self._image_shape)
@@ -119,6 +124,11 @@ class MultiScaleFlow(FlowBijector):
   def split_priors(self) -> list[tfb.Bijector]:
     """The L - 1 priors of the channels factored out after each level but the last."""
     return list(self._split_priors)
+
+  @property
+  def step_stacks(self) -> list[tf.Module]:
+    """The `nn.StepStack`s holding the levels' steps' variables (empty if none)."""
+    return list(self._step_stacks)
 
   @property
   def image_shape(self):

@@ -35,6 +35,10 @@ class GlowConfig:
     compile_steps: run each level's K flow steps as one step traced once and called
       K times (`bijectors.CompiledSteps`); False traces every layer. Same values,
       same variables and checkpoints either way.
+    stack_steps: hold each level's K steps' variables stacked, one `[K, ...]`
+      variable per layer variable (`nn.StepStack`): ~50 variables per level
+      instead of ~50 per step, so tracing, the optimiser and start-up do not grow
+      with K. A checkpoint of the other layout is converted on restore.
     num_classes: if set, the top prior is class-conditional (TFP conditional
       kwargs `{'top_prior': {'label': y}}`).
     dtype: 'float32' or 'float64'.
@@ -62,6 +66,11 @@ class GlowConfig:
     True,
     'Trace one flow step per level and call it K times: start-up and the reversible '
     "backward's memory stay flat in K. False traces every layer (same values).",
+  )
+  stack_steps: bool = option(
+    True,
+    "Hold each level's K steps' variables stacked, [K, ...] per layer variable "
+    '(fewer variables: start-up flat in K); checkpoints of either layout restore.',
   )
   num_classes: int | None = option(
     None, 'Classes of a class-conditional top prior (None: unconditional).', minimum=2

@@ -130,17 +130,19 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
   """
   dtype = tf.as_dtype(config.dtype)
   height, width, channels = config.image_shape
-  levels, split_priors = [], []
-  step_index = 0
+  levels, split_priors, stacks = [], [], []
   with tf.name_scope(name):
     for level in range(config.levels):
       with tf.name_scope(f'level_{level}'):
         squeeze = gb.Squeeze(dtype=dtype)
         height, width, channels = height // 2, width // 2, 4 * channels
-        steps = []
-        for _ in range(config.depth):
-          steps.append(_flow_step(config, channels, step_index, dtype))
-          step_index += 1
+        first = level * config.depth
+        make_step = lambda k, c=channels, i=first: _flow_step(config, c, i + k, dtype)  # noqa: E731
+        if config.stack_steps:
+          steps, stack = nn.StepStack.build(make_step, config.depth)
+          stacks.append(stack)
+        else:
+          steps = [make_step(k) for k in range(config.depth)]
         levels.append(gb.FlowChain(steps[::-1] + [squeeze], name=f'level_{level}'))
         if level < config.levels - 1:
           split_priors.append(
@@ -148,7 +150,12 @@ def build_glow(config: GlowConfig, name: str = 'glow') -> tfd.TransformedDistrib
           )
           channels //= 2
     encoder = gb.MultiScaleFlow(
-      levels, split_priors, config.image_shape, dtype=dtype, compile_steps=config.compile_steps
+      levels,
+      split_priors,
+      config.image_shape,
+      dtype=dtype,
+      compile_steps=config.compile_steps,
+      step_stacks=stacks,
     )
     if config.learn_top or config.num_classes is not None:
       top_prior = gb.TopPrior(

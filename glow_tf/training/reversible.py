@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from glow_tf import nn
 from glow_tf.bijectors.affine_coupling import split_channels
 from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
 from glow_tf.training.loss import Loss
@@ -51,7 +52,7 @@ def _backprop(part, y, dy, d_log_det, grads, after=()):
     y = tf.identity(y)
   x, _ = inverse_and_log_det(part, y)
   x = tf.stop_gradient(x)
-  variables = list(part.trainable_variables)
+  variables = nn.trained(part)  # A step's own, or the stacked ones behind its rows.
   with tf.GradientTape(watch_accessed_variables=False) as tape:
     tape.watch(x)
     tape.watch(variables)
@@ -63,6 +64,7 @@ def _backprop(part, y, dy, d_log_det, grads, after=()):
   )
   for variable, grad in zip(variables, results[1:]):
     if grad is not None:
+      grad = tf.convert_to_tensor(grad)  # A stacked variable's row gradient is sparse.
       key = variable.ref()
       grads[key] = grad if key not in grads else grads[key] + grad
   return x, results[0], [g for g in results if g is not None]

@@ -16,15 +16,17 @@ __all__ = ['BestRecord', 'TrainState']
 
 
 def _step_groups(flow, variables) -> list[list[int]]:
-  """Indices of `variables` by flow step, then the rest: the optimiser's and the averages'
-  updates, traced once per step structure, then stay flat in depth."""
+  """Indices of `variables` by flow step (a level's, if its steps' variables are
+  stacked), then the rest: the optimiser's and the averages' updates, traced once per
+  group structure, then stay flat in depth."""
   index = {v.ref(): i for i, v in enumerate(variables)}
   multiscale = flow.multiscale
-  groups = [
-    [index[v.ref()] for v in step.trainable_variables]
-    for level in range(len(multiscale.levels))
-    for step in multiscale.steps(level)
-  ]
+  groups = []
+  for level in range(len(multiscale.levels)):
+    for step in multiscale.steps(level):
+      group = [index[v.ref()] for v in nn.trained(step)]
+      if group not in groups:  # Stacked: every step of the level names the same.
+        groups.append(group)
   grouped = {i for group in groups for i in group}
   return groups + [[i for i in range(len(variables)) if i not in grouped]]
 
@@ -86,6 +88,73 @@ class BestRecord(tf.Module):
 # Parts of a checkpoint that older checkpoints lack; they keep their initial values.
 OPTIONAL_PARTS = ('loss_scale', 'best')
 
+# The attribute under which a flow holds stacked steps' variables (see `_is_stacked`).
+_STACKS_KEY = '/_step_stacks/'
+
+
+def _slots(state: 'TrainState') -> list[tuple[tf.Variable, int | None]]:
+  """Every model parameter as `(variable, row)`, in one order for either layout: each
+  level's steps' parameters step by step (`row` the step's row of a stacked variable,
+  else None), then the flow's other variables, then the classifier's."""
+  slots, in_steps = [], set()
+  multiscale = state.flow.multiscale
+  for level in range(len(multiscale.levels)):
+    for step in multiscale.steps(level):
+      for p in nn.parameters(step):
+        variable, row = (p.stack, p.index) if isinstance(p, nn.StackedRow) else (p, None)
+        slots.append((variable, row))
+        in_steps.add(variable.ref())
+  rest = [v for v in state.flow.variables if v.ref() not in in_steps]
+  if state.classifier is not None:
+    rest += list(state.classifier.variables)
+  return slots + [(v, None) for v in rest]
+
+
+def _copy_across_layouts(source: 'TrainState', target: 'TrainState') -> None:
+  """Sets `target` to `source`'s values, the two of one model in different layouts
+  (steps' variables stacked in one, their own in the other): parameters, the
+  optimiser's moments and the averages slot by slot, everything else as is."""
+  pairs = list(zip(_slots(source), _slots(target), strict=True))
+  parallel = [  # Per state: variable -> what holds its value (itself, m, v, average).
+    (
+      {v.ref(): v for (v, _) in _slots(state)},
+      *(
+        dict(zip((v.ref() for v in state.variables), held, strict=True))
+        for held in (
+          state.optimizer.first_moments,
+          state.optimizer.second_moments,
+          state.ema.averages,
+        )
+      ),
+    )
+    for state in (source, target)
+  ]
+  for source_of, target_of in zip(*parallel):
+    rows = {}  # Stacked target: its rows, assigned at once.
+    for (s_var, s_row), (t_var, t_row) in pairs:
+      if s_var.ref() not in source_of:
+        continue  # Not trained: no moments nor average.
+      value = tf.convert_to_tensor(source_of[s_var.ref()])
+      value = value if s_row is None else value[s_row]
+      held = target_of[t_var.ref()]
+      if t_row is None:
+        held.assign(value)
+      else:
+        rows.setdefault(held.ref(), (held, {}))[1][t_row] = value
+    for held, values in rows.values():
+      held.assign(tf.stack([values[k] for k in range(held.shape[0])]))
+  scalars = lambda s: [  # noqa: E731
+    s.optimizer.iterations,
+    s.step,
+    s.nonfinite_total,
+    s.nonfinite_streak,
+    s.lr_scale,
+    *s.loss_scale.variables,
+    *s.best.variables,
+  ]
+  for mine, theirs in zip(scalars(target), scalars(source), strict=True):
+    mine.assign(theirs)
+
 
 @dataclasses.dataclass
 class TrainState:
@@ -114,6 +183,8 @@ class TrainState:
   loss_scale: optim.DynamicLossScale
   best: BestRecord
 
+  _recipe = None  # (model config, optimizer, EMA decay), set by `create`: not a field.
+
   @classmethod
   def create(
     cls, model_config: GlowConfig, optimizer: str = 'adamax', ema_decay: float = 0.999
@@ -125,7 +196,7 @@ class TrainState:
     if classifier is not None:
       variables += list(classifier.trainable_variables)
     groups = _step_groups(flow, variables)
-    return cls(
+    state = cls(
       flow=flow,
       classifier=classifier,
       optimizer=optim.Optimizer(variables, kind=optimizer, groups=groups),
@@ -137,6 +208,8 @@ class TrainState:
       loss_scale=optim.DynamicLossScale(),
       best=BestRecord(),
     )
+    state._recipe = (model_config, optimizer, ema_decay)  # For a twin in the other layout.
+    return state
 
   @property
   def variables(self) -> list[tf.Variable]:
@@ -167,10 +240,21 @@ class TrainState:
     """Restores checkpoint `prefix`; raises if any of this state's objects is not in it.
 
     A checkpoint written before the loss scale or the best record was kept restores
-    everything else; those keep their initial values.
+    everything else; those keep their initial values. A checkpoint of the other
+    variable layout (flow steps' variables stacked or not, `GlowConfig.stack_steps`;
+    every checkpoint before stacking has each step's own) is read into a twin of
+    this state in its layout, then converted.
     """
-    names = {name.split('/')[0] for name, _ in tf.train.list_variables(prefix)}
-    checkpoint = self.checkpoint(without=tuple(p for p in OPTIONAL_PARTS if p not in names))
+    names = [name for name, _ in tf.train.list_variables(prefix)]
+    stacked = any(_STACKS_KEY in name for name in names)
+    if stacked != bool(self.flow.multiscale.step_stacks):
+      model_config, optimizer, ema_decay = self._recipe
+      twin = TrainState.create(model_config.replace(stack_steps=stacked), optimizer, ema_decay)
+      twin.restore(prefix)
+      _copy_across_layouts(twin, self)
+      return
+    tops = {name.split('/')[0] for name in names}
+    checkpoint = self.checkpoint(without=tuple(p for p in OPTIONAL_PARTS if p not in tops))
     checkpoint.restore(prefix).assert_existing_objects_matched()
 
   def use_averages(self) -> None:

@@ -103,7 +103,8 @@ def test_same_values_as_per_layer(overrides, rtol):
     with tf.GradientTape() as tape:
       log_prob = flow.log_prob(x, bijector_kwargs=kwargs)
       loss = -tf.reduce_mean(log_prob)
-    return log_prob, tape.gradient(loss, flow.trainable_variables)
+    grads = tape.gradient(loss, flow.trainable_variables)
+    return log_prob, [tf.convert_to_tensor(g) for g in grads]  # Per layer, rows are sparse.
 
   lp_c, grads_c = log_prob_and_grads(compiled)
   lp_p, grads_p = log_prob_and_grads(per_layer)

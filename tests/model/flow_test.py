@@ -45,7 +45,8 @@ def expected_num_trainable(config):
   per_step = (
     2 + {'conv1x1': 3, 'conv1x1_plain': 1, 'shuffle': 0, 'reverse': 0}[config.permutation] + 9
   )
-  count = config.levels * config.depth * per_step + 3 * (config.levels - 1)
+  steps = config.levels * (1 if config.stack_steps else config.depth)  # Stacked: one per level.
+  count = steps * per_step + 3 * (config.levels - 1)
   count += 2 * config.learn_top + 2 * (config.num_classes is not None)
   return count
 
@@ -59,6 +60,8 @@ def expected_num_trainable(config):
     {'permutation': 'reverse', 'learn_top': False},
     {'num_classes': 3},
     {'levels': 3},
+    {'stack_steps': False},
+    {'stack_steps': False, 'permutation': 'shuffle'},
   ],
 )
 def test_trainable_variables_are_all_found_and_uniquely_named(overrides):
@@ -183,8 +186,8 @@ def test_log_prob_of_samples_uses_no_stale_cache():
 
 def test_log_prob_graph_runs_each_network_once():
   # Per layer: every read in one graph (the compiled steps' test is in
-  # tests/bijectors/compiled_steps_test.py).
-  config = glow_tf.GlowConfig(**TINY, compile_steps=False)
+  # tests/bijectors/compiled_steps_test.py), each step's variables its own.
+  config = glow_tf.GlowConfig(**TINY, compile_steps=False, stack_steps=False)
   flow = glow_tf.build_glow(config)
   # A known batch size: with an unknown one the flow runs inside a tf.cond (see
   # MultiScaleFlow._unless_empty), whose branch graph holds the reads.
@@ -346,7 +349,7 @@ def test_initialize_under_mirrored_strategy_gives_identical_replicas():
   actnorms = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
   for layer in actnorms:
     for variable in (layer.log_scale, layer.shift, layer.initialized):
-      first, second = strategy.experimental_local_results(variable)
+      first, second = strategy.experimental_local_results(checks.held(variable))
       np.testing.assert_array_equal(first, second)
   assert all(layer.is_initialized() for layer in actnorms)
   assert not np.allclose(actnorms[0].log_scale.numpy(), 0.0)

@@ -15,7 +15,8 @@ TINY = dict(image_shape=(8, 8, 2), levels=2, depth=2, width=8)
 # forward call hands its gradient's call (call outputs and function inputs).
 CONVOLUTIONS = {'Conv2D', 'MatMul', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'}
 NETWORK_OPS = CONVOLUTIONS | {'Cast', 'BiasAdd', 'BiasAddGrad', 'Relu', 'ReluGrad', 'Reshape'}
-NETWORK_OPS |= {'Identity', 'Placeholder', 'StatefulPartitionedCall'}
+# Calls of the compiled steps (their bodies are checked as graphs of their own).
+NETWORK_OPS |= {'Identity', 'Placeholder', 'PartitionedCall', 'StatefulPartitionedCall'}
 
 
 def ready_flow(precision='bfloat16', **overrides):

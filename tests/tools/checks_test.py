@@ -53,11 +53,11 @@ def break_one_conv(run_dir):
   leaf = next(
     f for f in health.leaves(trainer.flow) if isinstance(f.bijector, gb.InvertibleConv1x1)
   )
-  log_s = leaf.bijector.log_s
-  index = [v.ref() for v in trainer.variables].index(log_s.ref())
+  log_s = leaf.bijector.log_s  # A row of the level's stacked log_s.
+  index = [v.ref() for v in trainer.variables].index(log_s.stack.ref())
   broken = tf.tensor_scatter_nd_update(log_s, [[0]], [-40.0])
   log_s.assign(broken)
-  trainer.ema.averages[index].assign(broken)
+  trainer.ema.averages[index].scatter_update(tf.IndexedSlices(broken[None], [log_s.index]))
   trainer.step.assign_add(1)
   trainer.save()
   return leaf.name

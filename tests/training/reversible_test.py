@@ -61,7 +61,7 @@ def test_matches_ordinary_backprop(overrides, dtype, rtol):
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   assert len(grads) == len(variables)
   for variable, want, got in zip(variables, expected, grads):
-    want = np.zeros(variable.shape) if want is None else want.numpy()
+    want = np.zeros(variable.shape) if want is None else tf.convert_to_tensor(want).numpy()
     scale = max(np.max(np.abs(want)), 1e-6)
     np.testing.assert_allclose(got.numpy() / scale, want / scale, atol=rtol, err_msg=variable.name)
 

@@ -19,8 +19,10 @@ import tensorflow as tf
 
 from glow_tf.tools import runs, serving
 from glow_tf.training import data, rundir
+from glow_tf.training import state as state_lib
 from glow_tf.training import trainer as trainer_lib
 from glow_tf.training.config import PRESETS
+from glow_tf.training.state import TrainState
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures', 'run_v1')
 # What the fixture was trained with, in today's terms.
@@ -53,11 +55,21 @@ def test_an_old_run_resumes_where_it_stopped_and_is_rewritten_as_version_2(old_r
     tf.distribute.get_strategy(),
   )
   assert trainer.restore_or_initialize().endswith('ckpt-2 at step 2')  # Not re-initialised.
-  # The old run listed its trained variables in the order the optimiser and the Polyak
-  # averages index them; today's flow must list them in the same order.
-  for i, variable in enumerate(trainer.variables):
+  # The old run held each step's variables; today's flow stacks them, converted on restore.
+  # A flow of the old layout lists its trained variables in the order the old run's
+  # optimiser and Polyak averages index them, and the restored run holds their values.
+  old_layout = TrainState.create(trainer.model_config.replace(stack_steps=False), 'adamax', 0.9)
+  old_layout.restore(os.path.join(old_run, 'checkpoints', 'ckpt-2'))
+  for i, variable in enumerate(old_layout.variables):
     saved = reader.get_tensor(f'ema/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE')
     np.testing.assert_array_equal(variable.numpy(), saved, err_msg=variable.name)
+  assert len(trainer.variables) < len(old_layout.variables)
+  for (old, old_row), (new, new_row) in zip(
+    state_lib._slots(old_layout), state_lib._slots(trainer.state), strict=True
+  ):
+    assert old_row is None
+    new_value = new.numpy() if new_row is None else new.numpy()[new_row]
+    np.testing.assert_array_equal(new_value, old.numpy(), err_msg=old.name)
   results = trainer_lib.train_and_evaluate(V1_CONFIG.replace(train_steps=4), old_run)
   assert results['step'] == 4 and results['nonfinite_steps'] == 0
   with open(os.path.join(old_run, 'config.json')) as f:

@@ -17,6 +17,7 @@ from glow_tf import errors, nn
 from glow_tf.training import data, distribute, optim, rundir
 from glow_tf.training import trainer as trainer_lib
 from glow_tf.training.config import PRESETS
+from tests import checks
 from tests.training.data_test import write_folder
 
 TINY = PRESETS['tiny']
@@ -123,7 +124,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, digits, precision):
   mirrored_strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   mirrored = make_trainer(config, tmp_path / 'mirrored', digits, mirrored_strategy)
   for layer in (m for m in mirrored.flow.submodules if isinstance(m, nn.ActNormLayer)):
-    first, second = mirrored_strategy.experimental_local_results(layer.log_scale)
+    first, second = mirrored_strategy.experimental_local_results(checks.held(layer.log_scale))
     np.testing.assert_array_equal(first, second)
   # float16 gradients of 8 images per replica round differently from those of 16;
   # Adamax's normalised update then moves a weight by up to lr = 1e-3 per step either
