@@ -336,6 +336,9 @@ def _trainer_run(spec):
       depth=shape.depth,
       width=shape.width,
       compile_steps=spec['compile_steps'],
+      # The per-layer row is the path before either: every layer traced, each step
+      # holding its own variables.
+      stack_steps=spec['compile_steps'],
     ),
     batch_size=shape.batch_size,
     init_batch_size=64,
@@ -694,7 +697,9 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
     f'allocator: {figures.get("allocator", "default")}). Analytic: the gradients '
     '(4 bytes per parameter, held until the update) plus the activations the backward '
     "pass keeps: the coupling networks' hidden activations of every step with a tape "
-    '(`activation_bytes`), one step at a time with --recompute.',
+    '(`activation_bytes`), one step at a time with --recompute. Compiled steps hold '
+    "each level's steps' variables stacked; per layer is the path before both (every "
+    'layer traced, each step its own variables).',
     '',
     '| K | path | first step, s | training img/s | step memory, MiB | analytic, MiB |',
     '| --- | --- | --- | --- | --- | --- |',
