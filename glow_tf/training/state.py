@@ -88,7 +88,7 @@ class BestRecord(tf.Module):
 # Parts of a checkpoint that older checkpoints lack; they keep their initial values.
 OPTIONAL_PARTS = ('loss_scale', 'best')
 
-# The attribute under which a flow holds stacked steps' variables (see `_is_stacked`).
+# In a checkpoint's keys, the flow's stacked steps' variables (see `TrainState.restore`).
 _STACKS_KEY = '/_step_stacks/'
 
 
@@ -143,16 +143,7 @@ def _copy_across_layouts(source: 'TrainState', target: 'TrainState') -> None:
         rows.setdefault(held.ref(), (held, {}))[1][t_row] = value
     for held, values in rows.values():
       held.assign(tf.stack([values[k] for k in range(held.shape[0])]))
-  scalars = lambda s: [  # noqa: E731
-    s.optimizer.iterations,
-    s.step,
-    s.nonfinite_total,
-    s.nonfinite_streak,
-    s.lr_scale,
-    *s.loss_scale.variables,
-    *s.best.variables,
-  ]
-  for mine, theirs in zip(scalars(target), scalars(source), strict=True):
+  for mine, theirs in zip(target.counters(), source.counters(), strict=True):
     mine.assign(theirs)
 
 
@@ -219,9 +210,15 @@ class TrainState:
   def checkpointed_variables(self) -> list[tf.Variable]:
     """Every variable the checkpoint holds: model, optimiser, averages, counters."""
     modules = [self.flow, self.optimizer, self.ema] + ([self.classifier] if self.classifier else [])
-    counters = [self.step, self.nonfinite_total, self.nonfinite_streak, self.lr_scale]
-    extra = list(self.loss_scale.variables) + list(self.best.variables)
-    return [v for m in modules for v in m.variables] + counters + extra
+    # The optimiser's step count, counters()[0], is among the optimiser's variables.
+    return [v for m in modules for v in m.variables] + self.counters()[1:]
+
+  def counters(self) -> list[tf.Variable]:
+    """What the checkpoint holds besides the model, its moments and averages: the
+    optimiser's step count, the run's counters, the loss scale and the best record."""
+    counters = [self.optimizer.iterations, self.step, self.nonfinite_total]
+    counters += [self.nonfinite_streak, self.lr_scale]
+    return counters + list(self.loss_scale.variables) + list(self.best.variables)
 
   def checkpoint(self, without: tuple[str, ...] = ()) -> tf.train.Checkpoint:
     """The checkpoint layout of a run: every field, by its name (the classifier if any).
