@@ -88,7 +88,8 @@ class BestRecord(tf.Module):
 # Parts of a checkpoint that older checkpoints lack; they keep their initial values.
 OPTIONAL_PARTS = ('loss_scale', 'best')
 
-# In a checkpoint's keys, the flow's stacked steps' variables (see `TrainState.restore`).
+# In a checkpoint's keys, the path through `MultiScaleFlow._step_stacks`: a checkpoint
+# holding it has stacked steps' variables (see `TrainState.restore`).
 _STACKS_KEY = '/_step_stacks/'
 
 
@@ -114,22 +115,16 @@ def _copy_across_layouts(source: 'TrainState', target: 'TrainState') -> None:
   """Sets `target` to `source`'s values, the two of one model in different layouts
   (steps' variables stacked in one, their own in the other): parameters, the
   optimiser's moments and the averages slot by slot, everything else as is."""
-  pairs = list(zip(_slots(source), _slots(target), strict=True))
-  parallel = [  # Per state: variable -> what holds its value (itself, m, v, average).
-    (
-      {v.ref(): v for (v, _) in _slots(state)},
-      *(
-        dict(zip((v.ref() for v in state.variables), held, strict=True))
-        for held in (
-          state.optimizer.first_moments,
-          state.optimizer.second_moments,
-          state.ema.averages,
-        )
-      ),
-    )
-    for state in (source, target)
-  ]
-  for source_of, target_of in zip(*parallel):
+  source_slots, target_slots = _slots(source), _slots(target)
+  pairs = list(zip(source_slots, target_slots, strict=True))
+
+  def holders(state, slots):
+    """Per value kept of a variable (itself, m, v, average): variable -> its holder."""
+    trained = [v.ref() for v in state.variables]
+    kept = (state.optimizer.first_moments, state.optimizer.second_moments, state.ema.averages)
+    return [{v.ref(): v for v, _ in slots}] + [dict(zip(trained, k, strict=True)) for k in kept]
+
+  for source_of, target_of in zip(holders(source, source_slots), holders(target, target_slots)):
     rows = {}  # Stacked target: its rows, assigned at once.
     for (s_var, s_row), (t_var, t_row) in pairs:
       if s_var.ref() not in source_of:
