@@ -30,7 +30,7 @@ from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
 from glow_tf.tracing import SharedTrace, ThreadFlag
 
-__all__ = ['CompiledSteps', 'per_layer']
+__all__ = ['CompiledSteps', 'for_xla', 'per_layer']
 
 
 def _signature(step) -> tuple:
@@ -55,6 +55,34 @@ def _stacks(step_variables) -> list | None:
     ):
       return None
   return [p.stack for p in first]
+
+
+def stacked_rows(by_row: dict, shape) -> tf.Tensor:
+  """One `shape` = `[K, ...]` tensor whose row `r` is `by_row[r]` (zeros where absent).
+
+  `tf.stack` would hold the K rows and their stacked copy at once: for gradients,
+  a second gradient-sized copy of a level's weights at the end of its backward.
+  Here each row is written into one buffer as soon as it exists, and freed: the
+  buffer is a fresh `Empty` (a stateful op, so never folded into a constant or
+  shared between two calls), allocated once the first row is ready, and each
+  `InplaceUpdate` writes into its input, which only that write consumes, so no
+  other op sees the buffer change. XLA has no `InplaceUpdate` and plans its own
+  buffers: within `for_xla()`, this is a `tf.stack`.
+  """
+  rows = sorted(by_row)
+  first = by_row[rows[-1]]  # The backward produces the last row first.
+  if _for_xla:
+    zero = tf.zeros(shape[1:], first.dtype)
+    return tf.stack([by_row.get(r, zero) for r in range(shape[0])])
+  with tf.control_dependencies([first]):
+    buffer = tf.raw_ops.Empty(
+      shape=tf.constant(shape.as_list(), tf.int32),
+      dtype=first.dtype,
+      init=len(rows) < shape[0],  # Zeros under the rows no write covers.
+    )
+  for r in reversed(rows):
+    buffer = tf.raw_ops.InplaceUpdate(x=buffer, i=[r], v=tf.expand_dims(by_row[r], 0))
+  return buffer
 
 
 class CompiledSteps:
@@ -229,8 +257,7 @@ class CompiledSteps:
       after = [dy, *step_grads]
     for i, by_row in per_row.items():
       stack = self._stacks[i]
-      zero = tf.zeros(stack.shape[1:], stack.dtype)  # A row no step of this level uses.
-      grad = tf.stack([by_row.get(r, zero) for r in range(stack.shape[0])])
+      grad = stacked_rows(by_row, stack.shape)
       key = stack.ref()
       grads[key] = grad if key not in grads else grads[key] + grad
     return y, dy, list(after)
@@ -243,6 +270,13 @@ class CompiledSteps:
 
 _CACHE = weakref.WeakKeyDictionary()
 _per_layer = ThreadFlag()
+_for_xla = ThreadFlag()
+
+
+def for_xla():
+  """Within this context, what is traced on this thread is for XLA (`jit_compile`):
+  the reversible backward stacks gradients with ops XLA compiles."""
+  return _for_xla.on()
 
 
 def per_layer():

@@ -98,6 +98,9 @@ def loss_and_gradients(
 
   Returns:
     `(loss [B], bits_per_dim [B], gradients)`, one gradient (never None) per variable.
+
+  Traced for XLA (`tf.function(jit_compile=True)`), call it within
+  `glow_tf.bijectors.compiled_steps.for_xla()`.
   """
   multiscale = flow.multiscale
   batch_size = tf.shape(x)[0]

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from glow_tf.bijectors import compiled_steps
 from glow_tf.errors import ConfigError
 from glow_tf.model import flow as flow_lib
 from glow_tf.model import health, images, sampling
@@ -104,7 +105,7 @@ class Trainer:
     # Its own (XLA-compiled) function only with jit_compile: a nested function would
     # capture every variable a second time.
     self._compute_grads = (
-      tf.function(self._grads_and_metrics, jit_compile=True, autograph=False)
+      tf.function(self._grads_for_xla, jit_compile=True, autograph=False)
       if config.jit_compile
       else self._grads_and_metrics
     )
@@ -249,6 +250,10 @@ class Trainer:
       scaled = tf.reduce_sum(loss) * (scale / self.global_batch)
     grads = tape.gradient(scaled, self.variables)
     return grads, tf.reduce_sum(loss), tf.reduce_sum(bpd)
+
+  def _grads_for_xla(self, x, label, scale):
+    with compiled_steps.for_xla():
+      return self._grads_and_metrics(x, label, scale)
 
   def _all_reduce(self, values):
     """Sums `values` over replicas (one replica: they are the sums already)."""

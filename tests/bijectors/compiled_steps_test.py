@@ -174,3 +174,36 @@ def test_trace_does_not_grow_with_depth():
   layer_2, _ = outer_ops(2, compile_steps=False)
   layer_4, _ = outer_ops(4, compile_steps=False)
   assert (layer_4 - layer_2) / (2 * TINY['levels']) > 5 * per_step
+
+
+def test_stacked_rows_writes_each_row_once_into_a_buffer_of_its_own():
+  from glow_tf.bijectors import compiled_steps
+
+  shape = tf.TensorShape([4, 3, 2])
+  rows = lambda scale, present: {r: tf.fill([3, 2], scale * (r + 1.0)) for r in present}
+  expected = lambda scale, present: np.stack(
+    [np.full([3, 2], scale * (r + 1.0) if r in present else 0.0) for r in range(4)]
+  )
+
+  # Two stackings in one graph, alive together: a buffer shared or folded between
+  # them would leave both holding the second's rows.
+  @tf.function
+  def two(a, b):
+    return (
+      compiled_steps.stacked_rows(rows(a, range(4)), shape),
+      compiled_steps.stacked_rows(rows(b, [0, 2]), shape),
+    )
+
+  # Each run's buffers are fresh: the first run's results outlive the second run.
+  pairs = ((1.0, 10.0), (2.0, -3.0))
+  results = [two(tf.constant(a), tf.constant(b)) for a, b in pairs]
+  for (a, b), (first, second) in zip(pairs, results):
+    np.testing.assert_array_equal(first, expected(a, range(4)))
+    np.testing.assert_array_equal(second, expected(b, [0, 2]))
+
+  def for_xla(a):
+    with compiled_steps.for_xla():
+      return compiled_steps.stacked_rows(rows(a, [1, 3]), shape)
+
+  compiled = tf.function(for_xla, jit_compile=True)
+  np.testing.assert_array_equal(compiled(tf.constant(5.0)), expected(5.0, [1, 3]))

@@ -553,8 +553,8 @@ def test_a_folder_without_usable_test_images_is_refused_before_step_0(tmp_path):
 
 @pytest.mark.parametrize(
   'recompute, jit_compile, replicas',
-  [(False, True, 1), (True, False, 1), (True, False, 2)],
-  ids=['xla', 'recompute', 'recompute_mirrored'],
+  [(False, True, 1), (True, False, 1), (True, False, 2), (True, True, 1)],
+  ids=['xla', 'recompute', 'recompute_mirrored', 'recompute_xla'],
 )
 def test_compiled_steps_train_as_the_per_layer_path(
   tmp_path, digits, recompute, jit_compile, replicas
