@@ -15,8 +15,9 @@ instead of running the step's layers eagerly, op by op.
 
 Steps built with their variables stacked (`nn.StepStack`, as `build_glow`
 does) are read once per pass: each `[K, ...]` variable is read and unstacked,
-and the reversible backward stacks the K steps' gradients into one per stacked
-variable. Steps with variables of their own (a user's layers) pass those.
+and the reversible backward writes each step's gradients into its rows of one
+gradient per stacked variable, in place. Steps with variables of their own (a
+user's layers) pass those.
 
 The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
@@ -57,32 +58,28 @@ def _stacks(step_variables) -> list | None:
   return [p.stack for p in first]
 
 
-def stacked_rows(by_row: dict, shape) -> tf.Tensor:
-  """One `shape` = `[K, ...]` tensor whose row `r` is `by_row[r]` (zeros where absent).
+def row_buffer(shape, dtype, zeros: bool) -> tf.Tensor:
+  """A fresh `[K, ...]` buffer for `write_row`: uninitialised, or `zeros`.
 
-  `tf.stack` would hold the K rows and their stacked copy at once: for gradients,
-  a second gradient-sized copy of a level's weights at the end of its backward.
-  Here each row is written into one buffer as soon as it exists, and freed: the
-  buffer is a fresh `Empty` (a stateful op, so never folded into a constant or
-  shared between two calls), allocated once the first row is ready, and each
-  `InplaceUpdate` writes into its input, which only that write consumes, so no
-  other op sees the buffer change. XLA has no `InplaceUpdate` and plans its own
-  buffers: within `for_xla()`, this is a `tf.stack`.
+  `Empty` is a stateful op: never folded into a constant, nor shared between two
+  buffers or two runs. XLA (within `for_xla()`) plans its own buffers: zeros.
   """
-  rows = sorted(by_row)
-  first = by_row[rows[-1]]  # The backward produces the last row first.
   if _for_xla:
-    zero = tf.zeros(shape[1:], first.dtype)
-    return tf.stack([by_row.get(r, zero) for r in range(shape[0])])
-  with tf.control_dependencies([first]):
-    buffer = tf.raw_ops.Empty(
-      shape=tf.constant(shape.as_list(), tf.int32),
-      dtype=first.dtype,
-      init=len(rows) < shape[0],  # Zeros under the rows no write covers.
-    )
-  for r in reversed(rows):
-    buffer = tf.raw_ops.InplaceUpdate(x=buffer, i=[r], v=tf.expand_dims(by_row[r], 0))
-  return buffer
+    return tf.zeros(shape, dtype)
+  return tf.raw_ops.Empty(shape=tf.constant(shape.as_list(), tf.int32), dtype=dtype, init=zeros)
+
+
+def write_row(buffer: tf.Tensor, row: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+  """`buffer` with row `row` (a scalar) set to `value`, written in place.
+
+  `InplaceUpdate` writes into its input: use each buffer (from `row_buffer`) and
+  each result once, as the input of the next write, and no other op sees it
+  change. XLA has no `InplaceUpdate`; within `for_xla()` this is a scatter, which
+  XLA updates in place.
+  """
+  if _for_xla:
+    return tf.tensor_scatter_nd_update(buffer, tf.reshape(row, [1, 1]), value[tf.newaxis])
+  return tf.raw_ops.InplaceUpdate(x=buffer, i=tf.reshape(row, [1]), v=value[tf.newaxis])
 
 
 class CompiledSteps:
@@ -172,8 +169,10 @@ class CompiledSteps:
     indices = [i for i, v in enumerate(self._variables) if v.ref() in record]
     return y, self._per_example(log_det, x), {i: record[self._variables[i].ref()] for i in indices}
 
-  def _backward_one(self, y, dy, d_log_det, values):
-    """Rebuilds the step's input from `y`; returns it, its gradient and the weights'."""
+  def _backward_one(self, y, dy, d_log_det, values, row=None, buffers=None, xla=False):
+    """Rebuilds the step's input from `y`; returns it, its gradient and the weights' (for
+    stacked steps, `buffers` with the weights' gradients written into row `row`; `xla`,
+    whether that is traced `for_xla()`, keys the trace)."""
     x, _ = self._inverse_one(y, values)
     x = tf.stop_gradient(x)
     trained = [values[i] for i in self._trainable]
@@ -187,7 +186,10 @@ class CompiledSteps:
       output_gradients=[dy, d_log_det],
       unconnected_gradients=tf.UnconnectedGradients.ZERO,
     )
-    return x, grads[0], grads[1:]
+    weights = grads[1:]
+    if buffers is not None:
+      weights = [write_row(buffer, row, g) for buffer, g in zip(buffers, weights)]
+    return x, grads[0], weights
 
   def _chain(self, step_fn, t, order):
     """`step_fn` through the steps in `order`, summing their log-dets."""
@@ -243,22 +245,31 @@ class CompiledSteps:
     (keyed by `variable.ref()`; a stacked variable's is its K steps' stacked);
     returns `(x, dx, done)`, `done` being tensors the next part's rebuild waits on.
     """
-    rows, per_row = self._read(), {}
+    rows, buffers = self._read(), None
+    if rows is not None:  # Each step writes its gradients into its rows of the level's.
+      unused = len(set(self._rows)) < self._stacks[0].shape[0]  # Rows no step here uses.
+      with tf.control_dependencies([dy, *after]):  # Allocated as the backward gets here.
+        buffers = [
+          row_buffer(self._stacks[i].shape, self._stacks[i].dtype, zeros=unused)
+          for i in self._trainable
+        ]
     for k in reversed(range(len(self._steps))):
       with tf.control_dependencies([dy, *after]):
         y = tf.identity(y)
-      y, dy, step_grads = self._backward(y, dy, d_log_det, self._values(k, rows))
-      for i, grad in zip(self._trainable, step_grads):
-        if rows is not None:
-          per_row.setdefault(i, {})[self._rows[k]] = grad
-          continue
-        key = self._step_variables[k][i].ref()
-        grads[key] = grad if key not in grads else grads[key] + grad
+      values = self._values(k, rows)
+      if rows is None:
+        y, dy, step_grads = self._backward(y, dy, d_log_det, values, None, None, False)
+        for i, grad in zip(self._trainable, step_grads):
+          key = self._step_variables[k][i].ref()
+          grads[key] = grad if key not in grads else grads[key] + grad
+      else:
+        row = tf.constant(self._rows[k], tf.int32)
+        xla = bool(_for_xla)
+        y, dy, step_grads = self._backward(y, dy, d_log_det, values, row, buffers, xla)
+        buffers = step_grads
       after = [dy, *step_grads]
-    for i, by_row in per_row.items():
-      stack = self._stacks[i]
-      grad = stacked_rows(by_row, stack.shape)
-      key = stack.ref()
+    for i, grad in zip(self._trainable, buffers or ()):
+      key = self._stacks[i].ref()
       grads[key] = grad if key not in grads else grads[key] + grad
     return y, dy, list(after)
 

@@ -139,8 +139,12 @@ def test_same_values_as_per_layer(overrides, rtol):
   )
 
 
-def outer_ops(depth: int, compile_steps: bool) -> tuple[int, int]:
-  """Ops in the graph of a log_prob gradient at `depth`, and the steps' tracing count."""
+def outer_ops(depth: int, compile_steps: bool, backward='tape') -> tuple[int, int]:
+  """Ops in the graph of a log_prob gradient at `depth` (the tape's, or the reversible
+  backward's), and the steps' tracing count."""
+  from glow_tf.training import reversible
+  from glow_tf.training.loss import Loss
+
   config = glow_tf.GlowConfig(
     **{**TINY, 'depth': depth, 'width': 4, 'compile_steps': compile_steps}
   )
@@ -150,6 +154,8 @@ def outer_ops(depth: int, compile_steps: bool) -> tuple[int, int]:
 
   @tf.function(autograph=False)
   def grads(x):
+    if backward == 'reversible':
+      return reversible.loss_and_gradients(flow, x, Loss(256), variables)[2]
     with tf.GradientTape() as tape:
       loss = -tf.reduce_mean(flow.log_prob(x))
     return tape.gradient(loss, variables)
@@ -176,23 +182,45 @@ def test_trace_does_not_grow_with_depth():
   assert (layer_4 - layer_2) / (2 * TINY['levels']) > 5 * per_step
 
 
-def test_stacked_rows_writes_each_row_once_into_a_buffer_of_its_own():
+def test_the_reversible_backward_trace_does_not_grow_with_depth():
+  ops_2, traces_2 = outer_ops(2, True, 'reversible')
+  ops_32, traces_32 = outer_ops(32, True, 'reversible')
+  # Per level: the forward (no tape) and the backward step, traced once.
+  assert traces_2 == traces_32 == 3 * TINY['levels']
+  # Each further step adds its forward call and its backward call and a few ops
+  # around them (its row index, the log-det sum, the ordering), not its layers nor an
+  # op per variable.
+  per_step = (ops_32 - ops_2) / (30 * TINY['levels'])
+  assert per_step < 10, (ops_2, ops_32)
+
+
+def test_rows_are_written_in_place_into_buffers_of_their_own():
   from glow_tf.bijectors import compiled_steps
+  from glow_tf.tracing import SharedTrace
 
   shape = tf.TensorShape([4, 3, 2])
-  rows = lambda scale, present: {r: tf.fill([3, 2], scale * (r + 1.0)) for r in present}
-  expected = lambda scale, present: np.stack(
-    [np.full([3, 2], scale * (r + 1.0) if r in present else 0.0) for r in range(4)]
+
+  def stacked(scale, rows, zeros):
+    # As the reversible backward writes: a function traced once, called once per row.
+    write = SharedTrace(
+      lambda buffer, row, scale: compiled_steps.write_row(
+        buffer, row, tf.fill([3, 2], scale * tf.cast(row + 1, tf.float32))
+      )
+    )
+    buffer = compiled_steps.row_buffer(shape, tf.float32, zeros)
+    for r in rows:
+      buffer = write(buffer, tf.constant(r), scale)
+    return buffer
+
+  expected = lambda scale, rows: np.stack(
+    [np.full([3, 2], scale * (r + 1.0) if r in rows else 0.0) for r in range(4)]
   )
 
-  # Two stackings in one graph, alive together: a buffer shared or folded between
+  # Two buffers in one graph, alive together: a buffer shared or folded between
   # them would leave both holding the second's rows.
   @tf.function
   def two(a, b):
-    return (
-      compiled_steps.stacked_rows(rows(a, range(4)), shape),
-      compiled_steps.stacked_rows(rows(b, [0, 2]), shape),
-    )
+    return stacked(a, [3, 2, 1, 0], False), stacked(b, [2, 0], True)
 
   # Each run's buffers are fresh: the first run's results outlive the second run.
   pairs = ((1.0, 10.0), (2.0, -3.0))
@@ -203,7 +231,7 @@ def test_stacked_rows_writes_each_row_once_into_a_buffer_of_its_own():
 
   def for_xla(a):
     with compiled_steps.for_xla():
-      return compiled_steps.stacked_rows(rows(a, [1, 3]), shape)
+      return stacked(a, [3, 1], True)
 
   compiled = tf.function(for_xla, jit_compile=True)
   np.testing.assert_array_equal(compiled(tf.constant(5.0)), expected(5.0, [1, 3]))
