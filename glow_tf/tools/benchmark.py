@@ -130,7 +130,7 @@ TARGETS = {  # name: (description, threshold, higher is better)
   'recompute_memory': ('recompute step memory vs without', 1 / 3),
   'trainer_first_step': ("Trainer's time to first step (s)", None),  # Threshold by depth.
   'compiled_vs_layers': ('compiled steps training throughput vs per-layer', 0.95),
-  'recompute_flat': ('recompute step memory beyond the gradients at 2K vs K', 1.05),
+  'recompute_flat': ('recompute step memory per image at 2K vs K', 1.05),
   'memory_measure': ('step memory measured vs analytic', 0.75),
   'resume': ('resume at K: restore and first step (s)', 10.0),
   'bfloat16_train': ('bfloat16 training throughput vs float32', 1.4),
@@ -138,6 +138,7 @@ TARGETS = {  # name: (description, threshold, higher is better)
 # float16 is for GPUs; on CPUs its convolutions are not faster, so it is not timed here.
 BENCHMARK_PRECISIONS = ('float32', 'bfloat16')
 FIRST_STEP_TARGETS = {8: 5.0, 32: 8.0}  # Seconds, by K (issue 18).
+BATCH_FACTOR = 4  # --recompute's memory per image: steps at batch B and 4B.
 LOWER_IS_BETTER = (
   'first_step',
   'recompute_memory',
@@ -299,6 +300,7 @@ def _train_step_fn(spec, flow, variables):
 def _synthetic_source(shape: Shape, count: int = 64):
   """Uniform random 8-bit images as a DataSource: the Trainer's own input path, no files."""
   rng = np.random.default_rng(0)
+  count = max(count, shape.batch_size)
   image_shape = (shape.image_size, shape.image_size, shape.channels)
   split = data.memory_split(
     rng.integers(0, 256, (count, *image_shape), dtype=np.uint8), np.zeros([count], np.int32)
@@ -393,6 +395,9 @@ def run_worker(spec):
     except ValueError:  # "Cannot reset memory stats": this allocator keeps none.
       return dict(keeps_statistics=False)
     return dict(keeps_statistics=True)
+  if spec.get('threads'):  # Before the runtime starts, as below.
+    tf.config.threading.set_inter_op_parallelism_threads(spec['threads'])
+    tf.config.threading.set_intra_op_parallelism_threads(spec['threads'])
   if spec.get('cpu_devices'):  # Before the runtime starts: no op has run in this process.
     tf.config.set_logical_device_configuration(
       tf.config.list_physical_devices('CPU')[0],
@@ -554,15 +559,21 @@ def _statistics_allocator() -> str:
 def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> dict:
   """glow_tf's Trainer at depth K = shape.depth and `deep`: compiled steps with and
   without --recompute, and the per-layer path; --recompute's memory at 2 x `deep`;
-  a resume at `deep`. Keys: ('trainer', K, recompute, compiled) and ('resume', K)."""
+  --recompute's memory at K = `deep` and 2 x `deep`, at the batch and `BATCH_FACTOR` x
+  the batch, on one thread (ops in a steadier order: the peak moved by up to 15 MiB
+  between runs here, by 20-40 MiB on two threads): what one more image adds to a
+  step, its activations, apart from the parameter-sized gradients and optimiser
+  temporaries, which grow with K by design; a resume at `deep`. Keys: ('trainer', K,
+  recompute, compiled), ('one_thread', K, batch) and ('resume', K)."""
   figures = {'allocator': _statistics_allocator()}
   allocator = ALLOCATORS[figures['allocator']]  # Every row the same: its ratios stay fair.
   with tempfile.TemporaryDirectory() as scratch:
 
-    def run(depth, recompute, compiled, **extra):
-      directory = os.path.join(scratch, f'k{depth}-{recompute}-{compiled}')
+    def run(depth, recompute, compiled, batch_size=shape.batch_size, **extra):
+      name = f'k{depth}-{recompute}-{compiled}-b{batch_size}-{extra.get("threads", 0)}'
+      directory = os.path.join(scratch, name)
       spec = dict(
-        shape=dict(dataclasses.asdict(shape), depth=depth),
+        shape=dict(dataclasses.asdict(shape), depth=depth, batch_size=batch_size),
         kind='trainer',
         recompute=recompute,
         compile_steps=compiled,
@@ -581,6 +592,10 @@ def _collect_depth(shape: Shape, deep: int, repeats: int, steps: int, log) -> di
         )
     log(f'measuring --recompute memory at K={2 * deep} ...')
     figures[('trainer', 2 * deep, True, True)] = run(2 * deep, True, True, repeats=0)
+    for depth in (deep, 2 * deep):
+      for batch in (shape.batch_size, BATCH_FACTOR * shape.batch_size):
+        log(f'measuring --recompute memory at K={depth}, batch {batch}, one thread ...')
+        figures[('one_thread', depth, batch)] = run(depth, True, True, batch, repeats=0, threads=1)
     log(f'measuring a resume at K={deep} ...')
     figures[('resume', deep)] = run(deep, False, True, repeats=0, resume=True)
   figures['memory_depth'] = deep
@@ -731,20 +746,52 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
         checks.append(('compiled_vs_layers', f' at K={depth}', ratio))
   deep = figures.get('memory_depth')
   plain, recomputed = runs.get((deep, False, True), {}), runs.get((deep, True, True), {})
-  twice = runs.get((2 * deep, True, True), {})
   # Ratios of step memory only where the denominator is measurable (tiny test models
   # add less than the allocator's granularity).
   if plain.get('step_mib', 0) >= 1 and 'step_mib' in recomputed:
     ratio = recomputed['step_mib'] / plain['step_mib']
     checks.append(('recompute_memory', f' at K={deep}', ratio))
-  beyond = lambda run: run['step_mib'] - grads(run)  # What is not parameter-sized.
-  if 'step_mib' in recomputed and beyond(recomputed) >= 1 and 'step_mib' in twice:
-    ratio = beyond(twice) / beyond(recomputed)
-    checks.append(('recompute_flat', f' ({2 * deep} vs {deep})', ratio))
+  lines += _per_image_lines(shape, figures, deep, checks)
   resume = figures.get(('resume', deep), {})
   if 'first_step_s' in resume:
     lines += ['', f'Resume at K={deep}: restore and first step in {resume["first_step_s"]:.1f} s.']
     checks.append(('resume', f' at K={deep}', resume['first_step_s']))
+  return lines
+
+
+def _per_image_lines(shape: Shape, figures, deep, checks) -> list[str]:
+  """--recompute's step memory per image at K = `deep` and 2 x `deep`, on one thread:
+  the activations the backward holds (one step's, whatever K); and beyond the gradients."""
+  grads = lambda run: 4 * run.get('params', 0) / 2**20
+  small, large = shape.batch_size, BATCH_FACTOR * shape.batch_size
+  runs = {
+    (k, b): figures.get(('one_thread', k, b), {}) for k in (deep, 2 * deep) for b in (small, large)
+  }
+  if not all('step_mib' in run for run in runs.values()):
+    return []
+  mib = {key: run['step_mib'] for key, run in runs.items()}
+  images = large - small
+  per_image = {k: (mib[k, large] - mib[k, small]) / images for k in (deep, 2 * deep)}
+  # One step's activations at the first level, the largest: its network's two hidden
+  # activations of `width` channels, per image; with a tape, every step's.
+  one_step = activation_bytes(dataclasses.replace(shape, depth=1, levels=1, batch_size=1))
+  taped = activation_bytes(dataclasses.replace(shape, depth=deep, batch_size=1))
+  beyond = {k: mib[k, small] - grads(runs[k, small]) for k in (deep, 2 * deep)}
+  lines = [
+    '',
+    f'--recompute step memory on one thread, batch {small} / {large}: '
+    + ', '.join(f'K={k} {mib[k, small]:.1f} / {mib[k, large]:.1f} MiB' for k in per_image)
+    + f'. Per image (the difference over {images} images): '
+    + ', '.join(f'K={k} {v:.2f} MiB' for k, v in per_image.items())
+    + f" (analytic: one step's hidden activations at the first level {one_step / 2**20:.2f}"
+    f" MiB; every step's, with a tape, at K={deep} {taped / 2**20:.1f} MiB). Beyond the "
+    f'gradients at batch {small} (parameter-sized temporaries included, which grow with K): '
+    + ', '.join(f'K={k} {v:.0f} MiB' for k, v in beyond.items())
+    + '.',
+  ]
+  if per_image[deep] * images >= 1:  # Measurable (tiny test models add less).
+    ratio = per_image[2 * deep] / per_image[deep]
+    checks.append(('recompute_flat', f' ({2 * deep} vs {deep})', ratio))
   return lines
 
 

@@ -75,6 +75,11 @@ def test_report_computes_ratios_and_judges_targets():
       first_step_s=30.0, train_img_s=[5.5], step_mib=610.0, params=31522816
     ),
     ('trainer', 64, True, True): dict(first_step_s=12.0, step_mib=271.0, params=63045632),
+    # On one thread, batch 16 and 64 (48 images more).
+    ('one_thread', 32, 16): dict(first_step_s=9.0, step_mib=150.0, params=31522816),
+    ('one_thread', 32, 64): dict(first_step_s=9.0, step_mib=246.0, params=31522816),
+    ('one_thread', 64, 16): dict(first_step_s=15.0, step_mib=271.0, params=63045632),
+    ('one_thread', 64, 64): dict(first_step_s=15.0, step_mib=376.6, params=63045632),
     ('resume', 32): dict(first_step_s=9.0),
     ('precision', 'float32'): dict(train_img_s=[20.0], log_prob_img_s=[60.0], sample_img_s=[50.0]),
     ('precision', 'bfloat16'): dict(train_img_s=[26.0], log_prob_img_s=[90.0], sample_img_s=[80.0]),
@@ -100,10 +105,14 @@ def test_report_computes_ratios_and_judges_targets():
   # 20 / 20.5 = 0.976 and 5 / 5.5 = 0.909.
   assert verdicts['compiled steps training throughput vs per-layer at K=8 >= 0.95'] == 'yes'
   assert verdicts['compiled steps training throughput vs per-layer at K=32 >= 0.95'] == 'no'
-  # Beyond the gradients: (271 - 240.5) / (150 - 120.25) = 1.03.
-  assert (
-    verdicts['recompute step memory beyond the gradients at 2K vs K (64 vs 32) <= 1.05'] == 'yes'
-  )
+  # Per image: (246 - 150) / 48 = 2.0 and (376.6 - 271) / 48 = 2.2 MiB, 1.10x; beyond the
+  # gradients (271 - 240.5) and (150 - 120.25), a figure without a target.
+  assert verdicts['recompute step memory per image at 2K vs K (64 vs 32) <= 1.05'] == 'no'
+  assert 'batch 16 / 64: K=32 150.0 / 246.0 MiB, K=64 271.0 / 376.6 MiB.' in text
+  assert 'over 48 images): K=32 2.00 MiB, K=64 2.20 MiB (analytic: ' in text
+  # One level-0 step: 2 x 256 x 400 x 4 bytes = 0.78 MiB; 32 steps of 3 levels: 32.8.
+  assert 'first level 0.78 MiB; every step\'s, with a tape, at K=32 32.8 MiB)' in text
+  assert 'grow with K): K=32 30 MiB, K=64 30 MiB.' in text
   # Analytic at K=32: 3 levels, 2 x 16 x (256 + 64 + 16) x 400 x 4 bytes of activations
   # per step = 16.4 MiB, x 32 = 525 MiB; plus 120.25 of gradients; 600 / 645 = 0.93.
   assert verdicts['step memory measured vs analytic at K=32 >= 0.75'] == 'yes'
