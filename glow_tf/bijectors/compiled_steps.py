@@ -286,7 +286,7 @@ _for_xla = ThreadFlag()
 
 def for_xla():
   """Within this context, what is traced on this thread is for XLA (`jit_compile`):
-  the reversible backward stacks gradients with ops XLA compiles."""
+  the reversible backward writes its stacked gradients with ops XLA compiles."""
   return _for_xla.on()
 
 

@@ -697,6 +697,11 @@ def _precision_rows(shape: Shape, figures, pairs, checks) -> None:
       )
 
 
+def _gradient_mib(run) -> float:
+  """MiB of a run's gradients, held until the update: 4 bytes per parameter."""
+  return 4 * run.get('params', 0) / 2**20
+
+
 def _depth_table(shape: Shape, figures, checks) -> list[str]:
   """The Trainer-at-depth table (see `_collect_depth`); appends its targets to `checks`."""
   runs = {k[1:]: v for k, v in figures.items() if isinstance(k, tuple) and k[0] == 'trainer'}
@@ -722,18 +727,17 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
   mib = lambda depth: activation_bytes(dataclasses.replace(shape, depth=depth)) / 2**20
   # --recompute keeps one step's activations at a time: the largest, at the first level.
   one_step = activation_bytes(dataclasses.replace(shape, depth=1, levels=1)) / 2**20
-  grads = lambda run: 4 * run.get('params', 0) / 2**20
   for (depth, recompute, compiled), run in sorted(runs.items()):
     path = ('compiled steps' if compiled else 'per layer') + (', --recompute' if recompute else '')
     if 'error' in run:
       lines.append(f'| {depth} | {path} | failed: {run["error"]} | | | |')
       continue
     img_s = spread(run['train_img_s']) if 'train_img_s' in run else '-'
-    analytic = grads(run) + (one_step if recompute else mib(depth))
+    analytic = _gradient_mib(run) + (one_step if recompute else mib(depth))
     parts = ' + '.join(f'{run[k]:.1f}' for k in ('build_s', 'init_s', 'step_s') if k in run)
     lines.append(
       f'| {depth} | {path} | {run["first_step_s"]:.1f} ({parts}) | {img_s} '
-      f'| {run["step_mib"]:.0f} | {analytic:.0f} ({grads(run):.0f} gradients) |'
+      f'| {run["step_mib"]:.0f} | {analytic:.0f} ({_gradient_mib(run):.0f} gradients) |'
     )
     tag = f' at K={depth}' + (' --recompute' if recompute else '')
     if compiled and depth in FIRST_STEP_TARGETS:
@@ -762,7 +766,6 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
 def _per_image_lines(shape: Shape, figures, deep, checks) -> list[str]:
   """--recompute's step memory per image at K = `deep` and 2 x `deep`, on one thread:
   the activations the backward holds (one step's, whatever K); and beyond the gradients."""
-  grads = lambda run: 4 * run.get('params', 0) / 2**20
   small, large = shape.batch_size, BATCH_FACTOR * shape.batch_size
   runs = {
     (k, b): figures.get(('one_thread', k, b), {}) for k in (deep, 2 * deep) for b in (small, large)
@@ -776,7 +779,7 @@ def _per_image_lines(shape: Shape, figures, deep, checks) -> list[str]:
   # activations of `width` channels, per image; with a tape, every step's.
   one_step = activation_bytes(dataclasses.replace(shape, depth=1, levels=1, batch_size=1))
   taped = activation_bytes(dataclasses.replace(shape, depth=deep, batch_size=1))
-  beyond = {k: mib[k, small] - grads(runs[k, small]) for k in (deep, 2 * deep)}
+  beyond = {k: mib[k, small] - _gradient_mib(runs[k, small]) for k in (deep, 2 * deep)}
   lines = [
     '',
     f'--recompute step memory on one thread, batch {small} / {large}: '

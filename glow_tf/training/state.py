@@ -205,8 +205,9 @@ class TrainState:
   def checkpointed_variables(self) -> list[tf.Variable]:
     """Every variable the checkpoint holds: model, optimiser, averages, counters."""
     modules = [self.flow, self.optimizer, self.ema] + ([self.classifier] if self.classifier else [])
-    # The optimiser's step count, counters()[0], is among the optimiser's variables.
-    return [v for m in modules for v in m.variables] + self.counters()[1:]
+    held = [v for m in modules for v in m.variables]
+    known = {v.ref() for v in held}  # The optimiser's step count is among its variables.
+    return held + [v for v in self.counters() if v.ref() not in known]
 
   def counters(self) -> list[tf.Variable]:
     """What the checkpoint holds besides the model, its moments and averages: the

@@ -111,7 +111,7 @@ def test_report_computes_ratios_and_judges_targets():
   assert 'batch 16 / 64: K=32 150.0 / 246.0 MiB, K=64 271.0 / 376.6 MiB.' in text
   assert 'over 48 images): K=32 2.00 MiB, K=64 2.20 MiB (analytic: ' in text
   # One level-0 step: 2 x 256 x 400 x 4 bytes = 0.78 MiB; 32 steps of 3 levels: 32.8.
-  assert 'first level 0.78 MiB; every step\'s, with a tape, at K=32 32.8 MiB)' in text
+  assert "first level 0.78 MiB; every step's, with a tape, at K=32 32.8 MiB)" in text
   assert 'grow with K): K=32 30 MiB, K=64 30 MiB.' in text
   # Analytic at K=32: 3 levels, 2 x 16 x (256 + 64 + 16) x 400 x 4 bytes of activations
   # per step = 16.4 MiB, x 32 = 525 MiB; plus 120.25 of gradients; 600 / 645 = 0.93.
