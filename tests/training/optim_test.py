@@ -71,12 +71,39 @@ def test_clipping_scales_the_gradients_to_the_clip_norm():
     np.testing.assert_allclose(m.numpy(), 0.1 * scale.numpy() * g.numpy(), rtol=1e-5)
 
 
-def test_a_step_not_applied_changes_nothing():
+@pytest.mark.parametrize('kind', optim.OPTIMIZERS)
+def test_a_step_not_applied_changes_nothing(kind):
+  """Skipped with non-finite gradients after a real step (moments not zero), with and
+  without a gradient scale: parameters and both moments stay bit for bit."""
   variables, grads = variables_and_grads()
-  before = [v.numpy() for v in variables]
-  optimizer = optim.Optimizer(variables, groups=GROUPS)
-  optimizer.apply(grads, 0.01, apply_if=tf.constant(False), grad_scale=tf.constant(0.5))
-  for variable, value in zip(variables, before):
-    np.testing.assert_array_equal(variable.numpy(), value)
-  assert int(optimizer.iterations.numpy()) == 0
-  assert all(not np.any(m.numpy()) for m in optimizer.first_moments)
+  optimizer = optim.Optimizer(variables, kind=kind, groups=GROUPS)
+  optimizer.apply(grads, 0.01)
+  state = lambda: [  # noqa: E731
+    t.numpy() for t in variables + optimizer.first_moments + optimizer.second_moments
+  ]
+  before = state()
+  poisoned = [tf.fill(g.shape, np.nan if i % 2 else np.inf) for i, g in enumerate(grads)]
+  for grad_scale in (None, tf.constant(0.5)):
+    optimizer.apply(poisoned, 0.01, apply_if=tf.constant(False), grad_scale=grad_scale)
+    for value, expected in zip(state(), before):
+      np.testing.assert_array_equal(value, expected)
+  assert int(optimizer.iterations.numpy()) == 1
+  optimizer.apply(grads, 0.01, apply_if=tf.constant(True))  # And the condition is read.
+  assert int(optimizer.iterations.numpy()) == 2
+  assert not np.array_equal(variables[0].numpy(), before[0])
+
+
+def test_an_average_not_updated_changes_nothing():
+  variables, _ = variables_and_grads()
+  ema = optim.ExponentialMovingAverage(variables, decay=0.9, groups=GROUPS)
+  for variable in variables:
+    variable.assign_add(tf.ones_like(variable))
+  ema.update(apply_if=tf.constant(True))
+  before = [a.numpy() for a in ema.averages]
+  variables[0].assign(tf.fill(variables[0].shape, np.nan))  # Even then, nothing moves.
+  variables[1].assign(tf.fill(variables[1].shape, np.inf))
+  ema.update(apply_if=tf.constant(False), num_updates=tf.constant(3))
+  for average, expected in zip(ema.averages, before):
+    np.testing.assert_array_equal(average.numpy(), expected)
+  ema.update(apply_if=tf.constant(True))
+  assert not np.array_equal(ema.averages[2].numpy(), before[2])
