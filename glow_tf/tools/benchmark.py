@@ -323,11 +323,16 @@ def _allocated_mib(fn) -> float:
   return (tf.config.experimental.get_memory_info('CPU:0')['peak'] - before) / 2**20
 
 
+# The parts of a Trainer's first step, as `_trainer_run` times them.
+START_PARTS = ('build_s', 'init_s', 'data_s', 'trace_s', 'run_s')
+
+
 def _trainer_run(spec):
   """glow_tf's own Trainer (as `glow_tf.train` runs it): first step, steady steps, memory.
 
   `first_step_s` runs from building the Trainer (model, optimiser, checkpoint) through
-  restoring or initialising to the end of the first step; with `resume`, `model_dir`
+  restoring or initialising to the end of the first step, in parts (`build_s`,
+  `init_s`, `data_s`, `trace_s`, `run_s`); with `resume`, `model_dir`
   holds a checkpoint to restore. `step_mib` is what one step adds to the CPU
   allocator's peak after warm-up: activations, gradients and temporaries.
   """
@@ -355,13 +360,21 @@ def _trainer_run(spec):
   if bool(spec.get('resume')) != message.startswith('restored'):
     raise RuntimeError(f'expected {"a restore" if spec.get("resume") else "a new run"}: {message}')
   iterator = trainer.train_iterator()
+  times.append(time.perf_counter())
+  trainer.trace_train_step(iterator)
+  times.append(time.perf_counter())
   trainer.train_step(iterator)
   times.append(time.perf_counter())
+  if trainer._train_step.experimental_get_tracing_count() != 1:  # pylint: disable=protected-access
+    raise RuntimeError('the first training step traced again after trace_train_step')
   results = dict(
     first_step_s=times[-1] - times[0],
     build_s=times[1] - times[0],
     init_s=times[2] - times[1],  # ActNorm's data-dependent init, or the restore.
-    step_s=times[3] - times[2],  # Trace, graph build and the first run of the step.
+    data_s=times[3] - times[2],  # The input pipeline, to its iterator.
+    trace_s=times[4] - times[3],  # The training step's trace.
+    run_s=times[5] - times[4],  # Its first run: compute, and the runtime's first-run work.
+    step_s=times[5] - times[2],  # All three.
     params=int(sum(np.prod(v.shape) for v in trainer.variables)),
   )
   if spec.get('resume'):
@@ -712,7 +725,8 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
     "glow_tf's Trainer (`glow_tf.train`'s steps: data pipeline, optimiser, averages, "
     'a `.numpy()` per step) on random images, each row a fresh process. First step: '
     'from building the Trainer to the end of its first step (in brackets: building, '
-    "ActNorm's data-dependent init, the step's trace and first run). Step memory: what "
+    "ActNorm's data-dependent init, the input pipeline, the step's trace, its first "
+    'run). Step memory: what '
     "one step adds to the CPU allocator's peak after warm-up (median of three steps; "
     f'allocator: {figures.get("allocator", "default")}). Analytic: the gradients '
     '(4 bytes per parameter, held until the update) plus the activations the backward '
@@ -734,7 +748,7 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
       continue
     img_s = spread(run['train_img_s']) if 'train_img_s' in run else '-'
     analytic = _gradient_mib(run) + (one_step if recompute else mib(depth))
-    parts = ' + '.join(f'{run[k]:.1f}' for k in ('build_s', 'init_s', 'step_s') if k in run)
+    parts = ' + '.join(f'{run[k]:.1f}' for k in START_PARTS if k in run)
     lines.append(
       f'| {depth} | {path} | {run["first_step_s"]:.1f} ({parts}) | {img_s} '
       f'| {run["step_mib"]:.0f} | {analytic:.0f} ({_gradient_mib(run):.0f} gradients) |'
@@ -758,7 +772,12 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
   lines += _per_image_lines(shape, figures, deep, checks)
   resume = figures.get(('resume', deep), {})
   if 'first_step_s' in resume:
-    lines += ['', f'Resume at K={deep}: restore and first step in {resume["first_step_s"]:.1f} s.']
+    parts = ' + '.join(f'{resume[k]:.1f}' for k in START_PARTS if k in resume)
+    lines += [
+      '',
+      f'Resume at K={deep}: restore and first step in {resume["first_step_s"]:.1f} s '
+      f'({parts}: building, restore, input pipeline, trace, first run).',
+    ]
     checks.append(('resume', f' at K={deep}', resume['first_step_s']))
   return lines
 

@@ -307,6 +307,13 @@ class Trainer:
     with distribute.graph_optimizer(self._grappler):
       return {k: v.numpy() for k, v in self._train_step(iterator).items()}
 
+  def trace_train_step(self, iterator) -> None:
+    """Traces the step `train_step(iterator)` runs, without running it (nothing is
+    read or updated); the first `train_step` then runs that trace. For measuring
+    start-up in its parts."""
+    with distribute.graph_optimizer(self._grappler):
+      self._train_step.get_concrete_function(iterator)
+
   def distribute(self, dataset_fn):
     """`dataset_fn(input_context)` -> per-replica batches, distributed over the strategy."""
     return self.strategy.distribute_datasets_from_function(dataset_fn)

@@ -48,6 +48,9 @@ def test_report_computes_ratios_and_judges_targets():
       first_step_s=4.0,
       build_s=1.0,
       init_s=1.0,
+      data_s=0.1,
+      trace_s=1.2,
+      run_s=0.7,
       step_s=2.0,
       train_img_s=[20.0],
       step_mib=150.0,
@@ -66,6 +69,9 @@ def test_report_computes_ratios_and_judges_targets():
       first_step_s=7.5,
       build_s=1.0,
       init_s=2.0,
+      data_s=0.2,
+      trace_s=2.5,
+      run_s=1.8,
       step_s=4.5,
       train_img_s=[3.5],
       step_mib=150.0,
@@ -80,7 +86,9 @@ def test_report_computes_ratios_and_judges_targets():
     ('one_thread', 32, 64): dict(first_step_s=9.0, step_mib=246.0, params=31522816),
     ('one_thread', 64, 16): dict(first_step_s=15.0, step_mib=271.0, params=63045632),
     ('one_thread', 64, 64): dict(first_step_s=15.0, step_mib=376.6, params=63045632),
-    ('resume', 32): dict(first_step_s=9.0),
+    ('resume', 32): dict(
+      first_step_s=9.0, build_s=2.0, init_s=0.5, data_s=0.2, trace_s=2.5, run_s=3.8
+    ),
     ('precision', 'float32'): dict(train_img_s=[20.0], log_prob_img_s=[60.0], sample_img_s=[50.0]),
     ('precision', 'bfloat16'): dict(train_img_s=[26.0], log_prob_img_s=[90.0], sample_img_s=[80.0]),
     ('peak', 'float32'): dict(conv_peak_gflops=[100.0]),
@@ -118,7 +126,10 @@ def test_report_computes_ratios_and_judges_targets():
   assert verdicts['step memory measured vs analytic at K=32 >= 0.75'] == 'yes'
   assert verdicts['resume at K: restore and first step (s) at K=32 <= 10.00'] == 'yes'
   # --recompute: one level-0 step's activations, 2 x 16 x 256 x 400 x 4 bytes = 12.5 MiB.
-  row = '| 32 | compiled steps, --recompute | 7.5 (1.0 + 2.0 + 4.5) | 3.5 (3.5-3.5) | 150 |'
+  row = (
+    '| 32 | compiled steps, --recompute | 7.5 (1.0 + 2.0 + 0.2 + 2.5 + 1.8) | 3.5 (3.5-3.5) | 150 |'
+  )
+  assert 'first step in 9.0 s (2.0 + 0.5 + 0.2 + 2.5 + 3.8: building, restore,' in text
   assert f'{row} 133 (120 gradients) |' in text
   assert verdicts['mirrored (N CPUs) vs one device >= 0.90'] == 'no'  # 0.85
   assert verdicts['bfloat16 training throughput vs float32 >= 1.40'] == 'no'  # 1.30

@@ -670,3 +670,22 @@ def test_float16_scale_is_checkpointed_and_a_run_resumes_across_precisions(tmp_p
   full.save()
   again = make_trainer(TINY.replace(precision='float16'), run, digits)
   assert int(again.step.numpy()) == 2 and float(again.loss_scale.scale.numpy()) == 1024.0
+
+
+def test_tracing_the_step_changes_nothing_and_the_first_step_runs_that_trace(tmp_path, digits):
+  trainer = make_trainer(TINY, tmp_path, digits)
+  iterator = trainer.train_iterator()
+  before = values(kept(trainer))
+  trainer.trace_train_step(iterator)
+  assert trainer._train_step.experimental_get_tracing_count() == 1
+  for x, y in zip(before, values(kept(trainer))):
+    np.testing.assert_array_equal(x, y)
+  assert int(trainer.step.numpy()) == 0
+  first = trainer.train_step(iterator)
+  assert trainer._train_step.experimental_get_tracing_count() == 1
+  assert int(trainer.step.numpy()) == 1 and first['finite']
+  # The batch the first step trained on is the run's first: tracing read none.
+  fresh = make_trainer(TINY, tmp_path / 'fresh', digits)
+  np.testing.assert_allclose(
+    fresh.train_step(fresh.train_iterator())['loss'], first['loss'], rtol=1e-6
+  )
