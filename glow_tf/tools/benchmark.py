@@ -327,6 +327,11 @@ def _allocated_mib(fn) -> float:
 START_PARTS = ('build_s', 'init_s', 'data_s', 'trace_s', 'run_s')
 
 
+def _start_parts(run) -> str:
+  """A run's first step in its parts, in seconds: '0.7 + 3.3 + 0.2 + 2.2 + 2.3'."""
+  return ' + '.join(f'{run[k]:.1f}' for k in START_PARTS if k in run)
+
+
 def _trainer_run(spec):
   """glow_tf's own Trainer (as `glow_tf.train` runs it): first step, steady steps, memory.
 
@@ -374,7 +379,6 @@ def _trainer_run(spec):
     data_s=times[3] - times[2],  # The input pipeline, to its iterator.
     trace_s=times[4] - times[3],  # The training step's trace.
     run_s=times[5] - times[4],  # Its first run: compute, and the runtime's first-run work.
-    step_s=times[5] - times[2],  # All three.
     params=int(sum(np.prod(v.shape) for v in trainer.variables)),
   )
   if spec.get('resume'):
@@ -748,9 +752,8 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
       continue
     img_s = spread(run['train_img_s']) if 'train_img_s' in run else '-'
     analytic = _gradient_mib(run) + (one_step if recompute else mib(depth))
-    parts = ' + '.join(f'{run[k]:.1f}' for k in START_PARTS if k in run)
     lines.append(
-      f'| {depth} | {path} | {run["first_step_s"]:.1f} ({parts}) | {img_s} '
+      f'| {depth} | {path} | {run["first_step_s"]:.1f} ({_start_parts(run)}) | {img_s} '
       f'| {run["step_mib"]:.0f} | {analytic:.0f} ({_gradient_mib(run):.0f} gradients) |'
     )
     tag = f' at K={depth}' + (' --recompute' if recompute else '')
@@ -772,11 +775,10 @@ def _depth_table(shape: Shape, figures, checks) -> list[str]:
   lines += _per_image_lines(shape, figures, deep, checks)
   resume = figures.get(('resume', deep), {})
   if 'first_step_s' in resume:
-    parts = ' + '.join(f'{resume[k]:.1f}' for k in START_PARTS if k in resume)
     lines += [
       '',
       f'Resume at K={deep}: restore and first step in {resume["first_step_s"]:.1f} s '
-      f'({parts}: building, restore, input pipeline, trace, first run).',
+      f'({_start_parts(resume)}: building, restore, input pipeline, trace, first run).',
     ]
     checks.append(('resume', f' at K={deep}', resume['first_step_s']))
   return lines
