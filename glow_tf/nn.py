@@ -9,6 +9,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_probability.python.internal import prefer_static as ps
 
@@ -23,6 +24,7 @@ __all__ = [
   'StepStack',
   'ZeroConv2D',
   'apply_to_images',
+  'assign_each',
   'data_dependent_init',
   'initializing',
   'initializing_into',
@@ -31,6 +33,7 @@ __all__ = [
   'read',
   'stand_ins',
   'trained',
+  'values_of',
 ]
 
 # Official Glow multiplies zero-initialised outputs by exp(3 * logs).
@@ -152,6 +155,40 @@ def trained(module: tf.Module) -> list[tf.Variable]:
       seen.add(variable.ref())
       found.append(variable)
   return found
+
+
+def _held_by(param) -> tf.Variable:
+  """The variable holding `param`'s value: its stacked variable for a row, else itself."""
+  return param.stack if isinstance(param, StackedRow) else param
+
+
+def values_of(params) -> list[np.ndarray]:
+  """Each of `params`' values (variables or `StackedRow`s) as a NumPy copy, eagerly:
+  one read per variable, however many of its rows are asked for (a deep flow's
+  ActNorm flags are hundreds of rows of a few stacked variables)."""
+  read, found = {}, []
+  for p in params:
+    key = _held_by(p).ref()
+    if key not in read:
+      read[key] = np.array(_held_by(p).numpy(), copy=True)
+    found.append(read[key][p.index] if isinstance(p, StackedRow) else read[key])
+  return found
+
+
+def assign_each(params, values) -> None:
+  """Assigns each of `params` its value, eagerly: a variable's rows in one scatter
+  (under a strategy, in cross-replica context: every copy)."""
+  rows = {}
+  for p, value in zip(params, values):
+    if isinstance(p, StackedRow):
+      rows.setdefault(p.stack.ref(), {})[p.index] = tf.convert_to_tensor(value, p.dtype)
+    else:
+      p.assign(value)
+  for ref, by_index in rows.items():
+    indices = sorted(by_index)
+    ref.deref().scatter_update(
+      tf.IndexedSlices(tf.stack([by_index[i] for i in indices]), tf.constant(indices))
+    )
 
 
 def _stacked_name(names: list[str], scope: str) -> str:

@@ -34,12 +34,13 @@ from glow_tf.tracing import SharedTrace, ThreadFlag
 __all__ = ['CompiledSteps', 'for_xla', 'per_layer']
 
 
-def _signature(step) -> tuple:
-  """What must match for two steps to share one trace: layer types and variable specs."""
+def _signature(step, variables) -> tuple:
+  """What must match for two steps to share one trace: layer types and the specs of
+  their variables (`variables`: `nn.parameters(step)`)."""
   parts = step.bijectors if hasattr(step, 'bijectors') else [step]
   return (
     tuple(type(p).__name__ for p in parts),
-    tuple((tuple(v.shape.as_list()), v.dtype.name, v.trainable) for v in nn.parameters(step)),
+    tuple((tuple(v.shape.as_list()), v.dtype.name, v.trainable) for v in variables),
   )
 
 
@@ -96,10 +97,11 @@ class CompiledSteps:
   which returns None for steps that do not share one structure.
   """
 
-  def __init__(self, steps):
+  def __init__(self, steps, step_variables=None):
     self._steps = list(steps)
     self._template = self._steps[0]
-    self._step_variables = [nn.parameters(step) for step in self._steps]  # Walked once.
+    # Walked once (`of` passes the walk it made).
+    self._step_variables = step_variables or [nn.parameters(step) for step in self._steps]
     self._variables = self._step_variables[0]
     self._stacks = _stacks(self._step_variables)  # Or None: variables of their own.
     self._rows = [params[0].index for params in self._step_variables] if self._stacks else None
@@ -108,15 +110,16 @@ class CompiledSteps:
     self._inverse = SharedTrace(self._inverse_one)
     self._backward = SharedTrace(self._backward_one)
     self._initialize = SharedTrace(self._initialize_one)
-    self._actnorms = None  # Per step, its ActNorm layers: walked on the first initialisation.
+    self._flags = None  # Indices of the ActNorms' `initialized` flags: found on first use.
 
   @classmethod
   def of(cls, steps) -> 'CompiledSteps | None':
     """Steps sharing one structure as `CompiledSteps`, or None if they do not."""
     steps = list(steps)
-    if not steps or len({_signature(s) for s in steps}) != 1:
+    step_variables = [nn.parameters(step) for step in steps]
+    if not steps or len({_signature(s, v) for s, v in zip(steps, step_variables)}) != 1:
       return None
-    return cls(steps)
+    return cls(steps, step_variables)
 
   @property
   def steps(self) -> list:
@@ -211,26 +214,38 @@ class CompiledSteps:
       return self._initializing_forward(x)
     return self._chain(self._forward, x, range(len(self._steps)))
 
+  def _flag_indices(self) -> list[int]:
+    """Where the template's ActNorms' `initialized` flags are among its variables (each
+    step's flags at the same places: the steps share one structure)."""
+    if self._flags is None:
+      index = {v.ref(): i for i, v in enumerate(self._variables)}
+      layers = [m for m in self._template.submodules if isinstance(m, nn.ActNormLayer)]
+      self._flags = [index[layer.initialized.ref()] for layer in layers]
+    return self._flags
+
   def _initializing_forward(self, x):
-    if self._actnorms is None:
-      self._actnorms = [
-        [m for m in step.submodules if isinstance(m, nn.ActNormLayer)] for step in self._steps
-      ]
+    """The forward pass under `nn.data_dependent_init`. The flags are read once, and
+    what the traced initialisation returns is assigned once the level is through: a
+    stacked variable's K rows in one update (the steps never read each other's
+    variables, so nothing waits on it)."""
+    flags = self._flag_indices()
+    done = nn.values_of([params[i] for params in self._step_variables for i in flags])
     log_det, rows = tf.zeros([], x.dtype), self._read()
-    for k, (step, layers) in enumerate(zip(self._steps, self._actnorms)):
-      pending = [not layer.is_initialized() for layer in layers]
+    targets, values = [], []
+    for k, step in enumerate(self._steps):
+      pending = [not d for d in done[k * len(flags) : (k + 1) * len(flags)]]
       if pending and all(pending):
-        x, step_log_det, values = self._initialize(x, self._values(k, rows))
-        for i, value in values.items():
-          self._step_variables[k][i].assign(value)
-        for layer in layers:
-          layer.initialized.assign(True)
+        x, step_log_det, initialised = self._initialize(x, self._values(k, rows))
+        for i, value in [*initialised.items(), *((i, True) for i in flags)]:
+          targets.append(self._step_variables[k][i])
+          values.append(value)
       elif any(pending):
         x, step_log_det = forward_and_log_det(step, x)
         step_log_det = self._per_example(step_log_det, x)
       else:
         x, step_log_det = self._forward(x, self._values(k, rows))
       log_det += step_log_det
+    nn.assign_each(targets, values)
     return x, log_det
 
   def inverse(self, y):

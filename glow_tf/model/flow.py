@@ -215,7 +215,8 @@ def initialize(flow: tfd.Distribution, images) -> int:
     How many ActNorm layers were initialised.
   """
   layers = [m for m in flow.submodules if isinstance(m, nn.ActNormLayer)]
-  pending = [layer for layer in layers if not layer.is_initialized()]
+  flags = nn.values_of([layer.initialized for layer in layers])
+  pending = [layer for layer, done in zip(layers, flags) if not done]
   if not pending:
     return 0
   images = tf.convert_to_tensor(images, flow.dtype)
@@ -231,14 +232,15 @@ def initialize(flow: tfd.Distribution, images) -> int:
       f'shape {images.shape}. No ActNorm was changed.'
     )
   variables = [v for layer in pending for v in (layer.log_scale, layer.shift, layer.initialized)]
-  before = [tf.identity(v) for v in variables]
+  before = nn.values_of(variables)
   try:
     with nn.data_dependent_init():
       multiscale_flow(flow).forward(images)
+    after = nn.values_of(variables)
     bad = [
       layer.name
-      for layer in pending
-      if not all(np.all(np.isfinite(v.numpy())) for v in (layer.log_scale, layer.shift))
+      for layer, log_scale, shift in zip(pending, after[0::3], after[1::3])
+      if not (np.all(np.isfinite(log_scale)) and np.all(np.isfinite(shift)))
     ]
     if bad:
       raise ValueError(
@@ -247,8 +249,7 @@ def initialize(flow: tfd.Distribution, images) -> int:
         'on this batch. No ActNorm was changed.'
       )
   except BaseException:
-    for variable, value in zip(variables, before):
-      variable.assign(value)
+    nn.assign_each(variables, before)
     raise
   return len(pending)
 
