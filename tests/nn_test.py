@@ -112,3 +112,21 @@ def test_shift_add_gradient_is_one_tensor_the_size_of_the_taps():
   ops = [op.type for op in first_order.get_concrete_function(x, kernel).graph.get_operations()]
   assert 'Conv2D' not in ops  # The taps' path.
   assert 'StridedSliceGrad' not in ops
+
+
+def test_rows_and_variables_are_read_and_assigned_together():
+  """values_of / assign_each on rows of one stacked variable and a plain variable: each
+  row gets its own value, rows not named keep theirs, the order of the rows is free."""
+  steps, stack = nn.StepStack.build(
+    lambda k: nn.ActNormLayer(3, name=f'actnorm_{k}'), 4, name='stacked'
+  )
+  plain = tf.Variable([1.0, 2.0])
+  rows = [steps[2].log_scale, steps[0].log_scale, steps[3].initialized, steps[1].initialized]
+  nn.assign_each([*rows, plain], [[2.0] * 3, [0.5] * 3, True, True, [7.0, 8.0]])
+  by_name = {v.name.split('/')[-1].split(':')[0]: v.numpy() for v in stack.stacked}
+  np.testing.assert_array_equal(by_name['log_scale'], [[0.5] * 3, [0] * 3, [2.0] * 3, [0] * 3])
+  np.testing.assert_array_equal(by_name['initialized'], [False, True, False, True])
+  np.testing.assert_array_equal(by_name['shift'], np.zeros([4, 3]))
+  got = nn.values_of([*rows, plain, steps[1].shift])
+  for value, expected in zip(got, [[2.0] * 3, [0.5] * 3, True, True, [7.0, 8.0], [0.0] * 3]):
+    np.testing.assert_array_equal(value, expected)
