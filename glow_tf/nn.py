@@ -143,6 +143,11 @@ def parameters(module: tf.Module) -> list:
   return list(found)
 
 
+def _held_by(param) -> tf.Variable:
+  """The variable holding `param`'s value: its stacked variable for a row, else itself."""
+  return param.stack if isinstance(param, StackedRow) else param
+
+
 def trained(module: tf.Module) -> list[tf.Variable]:
   """The variables training updates for `module`: its own trainable ones, and the
   stacked variables behind its trainable rows (each once)."""
@@ -150,16 +155,11 @@ def trained(module: tf.Module) -> list[tf.Variable]:
   for p in parameters(module):
     if not p.trainable:
       continue
-    variable = p.stack if isinstance(p, StackedRow) else p
+    variable = _held_by(p)
     if variable.ref() not in seen:
       seen.add(variable.ref())
       found.append(variable)
   return found
-
-
-def _held_by(param) -> tf.Variable:
-  """The variable holding `param`'s value: its stacked variable for a row, else itself."""
-  return param.stack if isinstance(param, StackedRow) else param
 
 
 def values_of(params) -> list[np.ndarray]:

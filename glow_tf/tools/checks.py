@@ -136,7 +136,8 @@ def check_run(run: runs.Run, x, label=None, crop: int = 4) -> list[Figure]:
   if problem:
     raise UserError(problem)
   layers = [m for m in run.flow.submodules if isinstance(m, nn.ActNormLayer)]
-  missing = [layer.name for layer in layers if not layer.is_initialized()]
+  flags = nn.values_of([layer.initialized for layer in layers])
+  missing = [layer.name for layer, done in zip(layers, flags) if not done]
   figures = [Figure('actnorm', ', '.join(missing) or f'all {len(layers)}', None, len(missing), 0.0)]
   for leaf, x_in, y, _ in health.walk(run.flow, x, label):
     name, level, bijector = leaf.name, leaf.level, leaf.bijector
