@@ -124,8 +124,7 @@ class StackedRow:
 
   def assign(self, value) -> None:
     """Sets the row (in cross-replica context under a strategy: every copy)."""
-    value = tf.convert_to_tensor(value, self.dtype)
-    self.stack.scatter_update(tf.IndexedSlices(value[tf.newaxis], tf.constant([self.index])))
+    assign_each([self], [value])
 
   def __repr__(self):
     return f'<StackedRow {self.name!r} row {self.index} of {getattr(self.stack, "name", None)}>'
@@ -354,7 +353,7 @@ class ActNormLayer(tf.Module):
 
   def is_initialized(self) -> bool:
     """The flag's value, read eagerly (`bool()` of a distributed variable is always True)."""
-    return bool(self.initialized.read_value().numpy())
+    return bool(values_of([self.initialized])[0])
 
   def inverse(self, y: tf.Tensor) -> tf.Tensor:
     return (y - read(self.shift)) * tf.exp(-read(self.log_scale))
