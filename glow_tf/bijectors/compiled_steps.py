@@ -14,10 +14,12 @@ function traced per level (`nn.initializing_into`) and assigns what it returns,
 instead of running the step's layers eagerly, op by op.
 
 Steps built with their variables stacked (`nn.StepStack`, as `build_glow`
-does) are read once per pass: each `[K, ...]` variable is read and unstacked,
-and the reversible backward writes each step's gradients into its rows of one
-gradient per stacked variable, in place. Steps with variables of their own (a
-user's layers) pass those.
+does) are read once per pass: each `[K, ...]` variable is read and unstacked.
+The reversible backward's passes, which no tape records, run them in a
+`tf.while_loop` over their rows instead, so that even the calls do not grow
+with K, writing each step's gradients into its rows of one gradient per stacked
+variable, in place. Steps with variables of their own (a user's layers) pass
+those, one call per step.
 
 The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
@@ -125,16 +127,21 @@ class CompiledSteps:
   def steps(self) -> list:
     return list(self._steps)
 
-  def _read(self) -> list | None:
-    """For stacked steps, each stacked variable read once and unstacked (one pass's
-    values of every step); None for steps with variables of their own.
+  def _read_stacks(self) -> tuple[list, tf.Tensor]:
+    """For stacked steps, each stacked variable read once (`[K, ...]` values), and the
+    steps' rows in it (`[K]` indices).
 
     A strategy's distributed variables are read here, in the replica's context, so
     that the read (and the caller's tape) sees this replica's copy.
     """
+    return [tf.convert_to_tensor(s) for s in self._stacks], tf.constant(self._rows, tf.int32)
+
+  def _read(self) -> list | None:
+    """For stacked steps, each stacked variable read once and unstacked (one pass's
+    values of every step); None for steps with variables of their own."""
     if self._stacks is None:
       return None
-    return [tf.unstack(tf.convert_to_tensor(stack)) for stack in self._stacks]
+    return [tf.unstack(stack) for stack in self._read_stacks()[0]]
 
   def _values(self, k: int, rows: list | None) -> list:
     """Step `k`'s variables: the arguments of its call (`rows`: what `_read` returned).
@@ -202,8 +209,13 @@ class CompiledSteps:
       log_det += step_log_det
     return t, log_det
 
-  def forward(self, x):
+  def forward(self, x, untaped=False):
     """`(y, log_det)` of every step in order, log-det per example.
+
+    `untaped`: no tape records this pass (the reversible backward's forward). Stacked
+    steps then run in one `tf.while_loop` over their rows: the graph holds one call
+    whatever K. (Under a tape, a loop would keep every iteration's activations in
+    accumulators; the steps are called one by one instead.)
 
     Inside `nn.data_dependent_init`, ActNorms not yet initialised initialise on
     their inputs, as the steps' own layers would: a step whose ActNorms all wait
@@ -212,7 +224,32 @@ class CompiledSteps:
     """
     if nn.initializing():
       return self._initializing_forward(x)
+    if untaped and self._stacks is not None:
+      return self._loop_forward(x)
     return self._chain(self._forward, x, range(len(self._steps)))
+
+  def _row_values(self, stacks, row):
+    """The step at row `row` (a scalar tensor): its values gathered from `stacks` (each
+    stacked variable read once)."""
+    return [tf.gather(stack, row) for stack in stacks]
+
+  def _loop_forward(self, x):
+    """`forward` of stacked steps: one `tf.while_loop` over the rows, first first."""
+    stacks, rows = self._read_stacks()
+
+    def body(k, x, log_det):
+      x, step_log_det = self._forward(x, self._row_values(stacks, rows[k]))
+      return k + 1, x, log_det + step_log_det
+
+    start = (tf.constant(0), x, self._per_example(tf.zeros([], x.dtype), x))
+    _, x, log_det = tf.while_loop(
+      lambda k, *_: k < len(self._rows),
+      body,
+      start,
+      maximum_iterations=len(self._rows),
+      parallel_iterations=1,  # One step's weights and activations at a time.
+    )
+    return x, log_det
 
   def _flag_indices(self) -> list[int]:
     """Where the template's ActNorms' `initialized` flags are among its variables (each
@@ -260,33 +297,50 @@ class CompiledSteps:
     (keyed by `variable.ref()`; a stacked variable's is its K steps' stacked);
     returns `(x, dx, done)`, `done` being tensors the next part's rebuild waits on.
     """
-    rows, buffers = self._read(), None
-    if rows is not None:  # Each step writes its gradients into its rows of the level's.
-      unused = len(set(self._rows)) < self._stacks[0].shape[0]  # Rows no step here uses.
-      with tf.control_dependencies([dy, *after]):  # Allocated as the backward gets here.
-        buffers = [
-          row_buffer(self._stacks[i].shape, self._stacks[i].dtype, zeros=unused)
-          for i in self._trainable
-        ]
+    if self._stacks is not None:
+      return self._loop_backward(y, dy, d_log_det, grads, after)
     for k in reversed(range(len(self._steps))):
       with tf.control_dependencies([dy, *after]):
         y = tf.identity(y)
-      values = self._values(k, rows)
-      if rows is None:
-        y, dy, step_grads = self._backward(y, dy, d_log_det, values, None, None, False)
-        for i, grad in zip(self._trainable, step_grads):
-          key = self._step_variables[k][i].ref()
-          grads[key] = grad if key not in grads else grads[key] + grad
-      else:
-        row = tf.constant(self._rows[k], tf.int32)
-        xla = bool(_for_xla)
-        y, dy, step_grads = self._backward(y, dy, d_log_det, values, row, buffers, xla)
-        buffers = step_grads
+      values = self._values(k, None)
+      y, dy, step_grads = self._backward(y, dy, d_log_det, values, None, None, False)
+      for i, grad in zip(self._trainable, step_grads):
+        key = self._step_variables[k][i].ref()
+        grads[key] = grad if key not in grads else grads[key] + grad
       after = [dy, *step_grads]
-    for i, grad in zip(self._trainable, buffers or ()):
+    return y, dy, list(after)
+
+  def _loop_backward(self, y, dy, d_log_det, grads: dict, after):
+    """`backward` of stacked steps: one `tf.while_loop` over the rows, last first, each
+    iteration writing its step's gradients into its rows of one buffer per trained
+    stacked variable (no tape records the loop: nothing accumulates)."""
+    stacks, rows = self._read_stacks()
+    unused = len(set(self._rows)) < self._stacks[0].shape[0]  # Rows no step here uses.
+    with tf.control_dependencies([dy, *after]):  # Allocated as the backward gets here.
+      y = tf.identity(y)
+      buffers = [
+        row_buffer(self._stacks[i].shape, self._stacks[i].dtype, zeros=unused)
+        for i in self._trainable
+      ]
+    xla = bool(_for_xla)
+
+    def body(k, y, dy, buffers):
+      row = rows[k]
+      values = self._row_values(stacks, row)
+      y, dy, buffers = self._backward(y, dy, d_log_det, values, row, buffers, xla)
+      return k - 1, y, dy, buffers
+
+    _, y, dy, buffers = tf.while_loop(
+      lambda k, *_: k >= 0,
+      body,
+      (tf.constant(len(self._rows) - 1), y, dy, buffers),
+      maximum_iterations=len(self._rows),
+      parallel_iterations=1,  # One step's weights and activations at a time.
+    )
+    for i, grad in zip(self._trainable, buffers):
       key = self._stacks[i].ref()
       grads[key] = grad if key not in grads else grads[key] + grad
-    return y, dy, list(after)
+    return y, dy, [dy, *buffers]
 
   def tracing_count(self) -> int:
     """How many times its functions were traced (one step each, whatever K)."""

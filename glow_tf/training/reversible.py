@@ -14,8 +14,9 @@ instead:
         d h_{k-1}, d w_k = grad(h_k', ldj_k; seeds d h_k, d loss / d ldj_k)
 
 Memory is then one part's activations whatever the depth, for roughly one more
-forward pass of compute. A level's flow steps go through `CompiledSteps.backward`
-(one step traced once, called K times), so the trace too stays flat in depth.
+forward pass of compute. A level's flow steps go through `CompiledSteps.forward`
+and `CompiledSteps.backward` (one step traced once; stacked steps run in a
+`tf.while_loop` over their rows), so the trace too stays flat in depth.
 The rebuilt inputs differ from the stored ones by float rounding, so the
 gradients agree with ordinary backprop to ~1e-5 relative in float32 (checked in
 tests/training/reversible_test.py).
@@ -116,7 +117,7 @@ def loss_and_gradients(
       h, part_log_det = forward_and_log_det(part, h)
       log_det += part_log_det
     if compiled:
-      h, steps_log_det = compiled.forward(h)
+      h, steps_log_det = compiled.forward(h, untaped=True)
       log_det += steps_log_det
     if prior is not None:
       h, part_log_det = forward_and_log_det(prior, h)
