@@ -228,27 +228,33 @@ class CompiledSteps:
       return self._loop_forward(x)
     return self._chain(self._forward, x, range(len(self._steps)))
 
-  def _row_values(self, stacks, row):
-    """The step at row `row` (a scalar tensor): its values gathered from `stacks` (each
-    stacked variable read once)."""
-    return [tf.gather(stack, row) for stack in stacks]
+  def _over_rows(self, step_fn, state, reverse=False):
+    """`state = step_fn(values, row, *state)` for each stacked step, first to last (last to
+    first if `reverse`), in one `tf.while_loop`: one step's weights (gathered from the
+    stacked values, read once) and activations at a time."""
+    stacks, rows = self._read_stacks()
+    count = len(self._rows)
+
+    def body(i, *state):
+      row = rows[count - 1 - i] if reverse else rows[i]
+      return (i + 1, *step_fn([tf.gather(s, row) for s in stacks], row, *state))
+
+    return tf.while_loop(
+      lambda i, *_: i < count,
+      body,
+      (tf.constant(0), *state),
+      maximum_iterations=count,
+      parallel_iterations=1,  # Later iterations' gathers would run ahead, held at once.
+    )[1:]
 
   def _loop_forward(self, x):
-    """`forward` of stacked steps: one `tf.while_loop` over the rows, first first."""
-    stacks, rows = self._read_stacks()
+    """`forward` of stacked steps, in one loop over their rows."""
 
-    def body(k, x, log_det):
-      x, step_log_det = self._forward(x, self._row_values(stacks, rows[k]))
-      return k + 1, x, log_det + step_log_det
+    def step(values, _, x, log_det):
+      x, step_log_det = self._forward(x, values)
+      return x, log_det + step_log_det
 
-    start = (tf.constant(0), x, self._per_example(tf.zeros([], x.dtype), x))
-    _, x, log_det = tf.while_loop(
-      lambda k, *_: k < len(self._rows),
-      body,
-      start,
-      maximum_iterations=len(self._rows),
-      parallel_iterations=1,  # One step's weights and activations at a time.
-    )
+    x, log_det = self._over_rows(step, (x, self._per_example(tf.zeros([], x.dtype), x)))
     return x, log_det
 
   def _flag_indices(self) -> list[int]:
@@ -314,7 +320,6 @@ class CompiledSteps:
     """`backward` of stacked steps: one `tf.while_loop` over the rows, last first, each
     iteration writing its step's gradients into its rows of one buffer per trained
     stacked variable (no tape records the loop: nothing accumulates)."""
-    stacks, rows = self._read_stacks()
     unused = len(set(self._rows)) < self._stacks[0].shape[0]  # Rows no step here uses.
     with tf.control_dependencies([dy, *after]):  # Allocated as the backward gets here.
       y = tf.identity(y)
@@ -324,19 +329,10 @@ class CompiledSteps:
       ]
     xla = bool(_for_xla)
 
-    def body(k, y, dy, buffers):
-      row = rows[k]
-      values = self._row_values(stacks, row)
-      y, dy, buffers = self._backward(y, dy, d_log_det, values, row, buffers, xla)
-      return k - 1, y, dy, buffers
+    def step(values, row, y, dy, buffers):
+      return self._backward(y, dy, d_log_det, values, row, buffers, xla)
 
-    _, y, dy, buffers = tf.while_loop(
-      lambda k, *_: k >= 0,
-      body,
-      (tf.constant(len(self._rows) - 1), y, dy, buffers),
-      maximum_iterations=len(self._rows),
-      parallel_iterations=1,  # One step's weights and activations at a time.
-    )
+    y, dy, buffers = self._over_rows(step, (y, dy, buffers), reverse=True)
     for i, grad in zip(self._trainable, buffers):
       key = self._stacks[i].ref()
       grads[key] = grad if key not in grads else grads[key] + grad
