@@ -508,10 +508,23 @@ class ZeroConv2D(tf.Module):
       self.logs = tf.Variable(tf.zeros([out_channels], dtype), name='logs')
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
-    """The convolution in `compute_dtype`; its output, bias and scale in the variables' dtype."""
+    """The convolution in `compute_dtype`; its output, bias and scale in the variables' dtype.
+
+    In ActNorm's data-dependent init (`initializing()`), a kernel still all zeros
+    (a new model's) skips the convolution: its output is exactly zero for finite
+    inputs, and a coupling network's last layer is ~20% of a Glow step's FLOPs.
+    """
     scale = tf.exp(LOGSCALE_FACTOR * read(self.logs))  # Folded: conv(x, W * s) + b * s.
     x = tf.cast(x, self.compute_dtype)
-    y = conv2d_same(x, tf.cast(read(self.kernel) * scale, self.compute_dtype))
+    kernel = tf.cast(read(self.kernel) * scale, self.compute_dtype)
+    if initializing():
+      y = tf.cond(
+        tf.reduce_any(tf.not_equal(kernel, 0)),
+        lambda: conv2d_same(x, kernel),
+        lambda: tf.zeros([*dims(x)[:3], kernel.shape[-1]], kernel.dtype),
+      )
+    else:
+      y = conv2d_same(x, kernel)
     return tf.nn.bias_add(tf.cast(y, scale.dtype), read(self.bias) * scale)
 
 

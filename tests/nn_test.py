@@ -27,6 +27,29 @@ def test_zero_conv_output_scale_is_exp_3_logs():
   np.testing.assert_allclose(out[0, 0, 0], [1.0, 2.0 * np.exp(3.0), 3.0 * np.exp(-3.0)], rtol=1e-6)
 
 
+def test_zero_conv_skips_its_zero_kernel_only_in_actnorm_init():
+  """In the init pass a zero kernel's convolution is skipped (a NaN input, which the
+  convolution would spread, shows it); a non-zero one is computed as outside it."""
+  conv = nn.ZeroConv2D(2, 3)
+  conv.bias.assign([1.0, 2.0, 3.0])
+  conv.logs.assign([0.0, 0.1, -0.1])
+  x = np.random.RandomState(0).randn(2, 4, 4, 2).astype('float32')
+  x[0, 1, 2, 1] = np.nan
+  assert np.isnan(conv(x).numpy()).any()
+  with nn.data_dependent_init():
+    skipped = conv(x).numpy()
+    compiled = tf.function(conv)(x).numpy()  # As a traced init (CompiledSteps) runs it.
+  expected = np.broadcast_to(conv.bias.numpy() * np.exp(3.0 * conv.logs.numpy()), skipped.shape)
+  np.testing.assert_allclose(skipped, expected, rtol=1e-6)
+  np.testing.assert_allclose(compiled, expected, rtol=1e-6)
+  conv.kernel.assign(tf.random.stateless_normal(conv.kernel.shape, seed=[1, 2]))
+  x = np.nan_to_num(x)
+  with nn.data_dependent_init():
+    computed = conv(x).numpy()
+  np.testing.assert_array_equal(computed, conv(x).numpy())
+  assert np.abs(computed - expected).max() > 0.1
+
+
 def test_network_accepts_extra_batch_dims():
   network = nn.CouplingNetwork(in_channels=2, out_channels=2, width=4)
   for v in network.trainable_variables:

@@ -200,9 +200,14 @@ def test_log_prob_graph_runs_each_network_once():
     assert checks.variable_reads(graph, kernel) == 1
 
 
-def test_actnorm_init_normalises_every_flow_actnorm_input():
+@pytest.mark.parametrize('trained', [False, True])
+def test_actnorm_init_normalises_every_flow_actnorm_input(trained):
+  """`trained`: every weight moved first, so no layer's last convolution is zero (the
+  init skips only zero ones)."""
   config = glow_tf.GlowConfig(**TINY)
   flow = glow_tf.build_glow(config)
+  if trained:
+    checks.perturb(flow, 0.05, seed=4)
   x = tf.constant(images((32, 8, 8, 2)))
   assert glow_tf.initialize(flow, x) == 3 * config.levels * config.depth
   multiscale = glow_tf.multiscale_flow(flow)
