@@ -18,8 +18,9 @@ does) are read once per pass: each `[K, ...]` variable is read and unstacked.
 The reversible backward's passes, which no tape records, run them in a
 `tf.while_loop` over their rows instead, so that even the calls do not grow
 with K, writing each step's gradients into its rows of one gradient per stacked
-variable, in place. Steps with variables of their own (a user's layers) pass
-those, one call per step.
+variable, in place; so do the passes traced within `untaped()` (scoring,
+sampling, encoding: nothing differentiates them). Steps with variables of their
+own (a user's layers) pass those, one call per step.
 
 The traced functions are `SharedTrace`s: called as concrete functions and not
 inlined into their caller.
@@ -33,7 +34,7 @@ from glow_tf import nn
 from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
 from glow_tf.tracing import SharedTrace, ThreadFlag
 
-__all__ = ['CompiledSteps', 'for_xla', 'per_layer']
+__all__ = ['CompiledSteps', 'for_xla', 'per_layer', 'untaped']
 
 
 def _signature(step, variables) -> tuple:
@@ -224,7 +225,7 @@ class CompiledSteps:
     """
     if nn.initializing():
       return self._initializing_forward(x)
-    if untaped and self._stacks is not None:
+    if (untaped or _untaped) and self._stacks is not None:
       return self._loop_forward(x)
     return self._chain(self._forward, x, range(len(self._steps)))
 
@@ -249,13 +250,16 @@ class CompiledSteps:
 
   def _loop_forward(self, x):
     """`forward` of stacked steps, in one loop over their rows."""
+    return self._loop(self._forward, x, reverse=False)
 
-    def step(values, _, x, log_det):
-      x, step_log_det = self._forward(x, values)
-      return x, log_det + step_log_det
+  def _loop(self, step_fn, t, reverse):
+    """`step_fn` through stacked steps in one loop over their rows, summing the log-dets."""
 
-    x, log_det = self._over_rows(step, (x, self._per_example(tf.zeros([], x.dtype), x)))
-    return x, log_det
+    def step(values, _, t, log_det):
+      t, step_log_det = step_fn(t, values)
+      return t, log_det + step_log_det
+
+    return tuple(self._over_rows(step, (t, self._per_example(tf.zeros([], t.dtype), t)), reverse))
 
   def _flag_indices(self) -> list[int]:
     """Where the template's ActNorms' `initialized` flags are among its variables (each
@@ -292,7 +296,10 @@ class CompiledSteps:
     return x, log_det
 
   def inverse(self, y):
-    """`(x, log_det)` of every step's inverse, last step first."""
+    """`(x, log_det)` of every step's inverse, last step first (within `untaped()`, stacked
+    steps in one `tf.while_loop`, as `forward`)."""
+    if _untaped and self._stacks is not None:
+      return self._loop(self._inverse, y, reverse=True)
     return self._chain(self._inverse, y, reversed(range(len(self._steps))))
 
   def backward(self, y, dy, d_log_det, grads: dict, after=()):
@@ -347,6 +354,18 @@ class CompiledSteps:
 _CACHE = weakref.WeakKeyDictionary()
 _per_layer = ThreadFlag()
 _for_xla = ThreadFlag()
+_untaped = ThreadFlag()
+
+
+def untaped():
+  """Within this context, the flow passes traced on this thread are not differentiated
+  (scoring, sampling, encoding): stacked steps then run in one `tf.while_loop` per
+  level, forward and inverse, so the graph holds one call per level whatever K.
+
+  Gradients taken through them anyway are still right, only dearer: a tape keeps a
+  loop's every iteration in accumulators.
+  """
+  return _untaped.on()
 
 
 def for_xla():

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from glow_tf.bijectors import compiled_steps
 from glow_tf.errors import SampleError
 from glow_tf.model import flow as flow_lib
 from glow_tf.model import images
@@ -33,7 +34,8 @@ INTERPOLATIONS = ('linear', 'spherical')
 @tf.function
 def _draw(flow, num, temperature, seed, label):
   """Compiled sampling; temperature and seed are tensors, so new values do not retrace."""
-  return flow_lib.sample(flow, num, temperature=temperature, seed=seed, label=label)
+  with compiled_steps.untaped():  # Not differentiated: stacked steps in loops.
+    return flow_lib.sample(flow, num, temperature=temperature, seed=seed, label=label)
 
 
 def sheet(x, num_bins: int, columns: int) -> np.ndarray:

@@ -92,7 +92,8 @@ class GlowServing(tf.Module):
     return tf.debugging.assert_all_finite(tensor, f'{what} must be finite; got NaN or inf')
 
   def _scores(self, x, label):
-    log_prob = self.flow.log_prob(x, bijector_kwargs=flow_lib.conditional_kwargs(label))
+    with compiled_steps.untaped():  # No signature is differentiated: loops, flat in depth.
+      log_prob = self.flow.log_prob(x, bijector_kwargs=flow_lib.conditional_kwargs(label))
     return {
       'log_prob': log_prob,
       'bits_per_dim': flow_lib.bits_per_dim(log_prob, self._num_dims, self._num_bins),
@@ -111,14 +112,15 @@ class GlowServing(tf.Module):
     with tf.control_dependencies([check]):
       num_samples = tf.identity(num_samples)
     # The int64 seed, bitcast losslessly to the stateless int32 pair TFP expects.
-    x = flow_lib.sample(
-      self.flow, num_samples, temperature=temperature, seed=tf.bitcast(seed, tf.int32), label=label
-    )
+    seed = tf.bitcast(seed, tf.int32)
+    with compiled_steps.untaped():
+      x = flow_lib.sample(self.flow, num_samples, temperature=temperature, seed=seed, label=label)
     return {'images': tf.cast(pixels.to_pixels(x, self._num_bins), tf.uint8)}
 
   def _encode(self, images, label=None):
     x = pixels.centre(self._checked_bins(images), self._num_bins)
-    latents = flow_lib.encode(self.flow, x, label=label)
+    with compiled_steps.untaped():
+      latents = flow_lib.encode(self.flow, x, label=label)
     return {f'z_{i}': z for i, z in enumerate(latents)}
 
   def _decode(self, *latents_and_label):
@@ -129,7 +131,8 @@ class GlowServing(tf.Module):
       for i, (z, shape) in enumerate(zip(latents, self._latent_shapes))
     ]
     # Finite latents far outside N(0, I) can still overflow: no image is made of inf.
-    x = self._finite(flow_lib.decode(self.flow, latents, label=label), 'the decoded x')
+    with compiled_steps.untaped():
+      x = self._finite(flow_lib.decode(self.flow, latents, label=label), 'the decoded x')
     return {'images': tf.cast(pixels.to_pixels(x, self._num_bins), tf.uint8), 'x': x}
 
   def tflite_log_prob(self) -> bytes:

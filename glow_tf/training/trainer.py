@@ -328,7 +328,8 @@ class Trainer:
     )
 
   def _replica_eval_step(self, x, label, weight):
-    _, bpd = self.loss(self.flow, self.classifier, x, self._label(label))
+    with compiled_steps.untaped():  # Scored, not differentiated.
+      _, bpd = self.loss(self.flow, self.classifier, x, self._label(label))
     return self._all_reduce([tf.reduce_sum(weight * bpd), tf.reduce_sum(weight)])
 
   def _distributed_eval_step(self, batch):
