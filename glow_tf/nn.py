@@ -27,12 +27,14 @@ __all__ = [
   'assign_each',
   'channel_moments',
   'data_dependent_init',
+  'initial_value',
   'initializing',
   'initializing_into',
   'not_initializing',
   'parameters',
   'read',
   'stand_ins',
+  'to_be_restored',
   'trained',
   'values_of',
 ]
@@ -41,6 +43,7 @@ __all__ = [
 LOGSCALE_FACTOR = 3.0
 
 _ddi = ThreadFlag()
+_restoring = ThreadFlag()
 _stand_ins = threading.local()
 _init_record = threading.local()
 
@@ -75,6 +78,26 @@ def read(variable):
   if values and variable.ref() in values:
     return values[variable.ref()]
   return variable.value() if isinstance(variable, StackedRow) else variable
+
+
+def to_be_restored():
+  """Within this context, large variables start as uninitialised memory instead of
+  their random or zero initial values (`initial_value`): for a state that a checkpoint
+  restore overwrites before anything reads it. A resume then skips drawing the
+  kernels' normals, stacking them and zeroing the optimiser's moments, work the
+  restore would throw away. The caller must restore every such variable or raise
+  (`TrainState.create(..., restoring=True)` and `TrainState.restore` see to it).
+  """
+  return _restoring.on()
+
+
+def initial_value(make: Callable[[], tf.Tensor], shape, dtype) -> tf.Tensor:
+  """`make()`, the initial value of a variable of `shape` and `dtype`; within
+  `to_be_restored`, an uninitialised tensor of that shape instead (no work, no
+  memory touched)."""
+  if _restoring:
+    return tf.raw_ops.Empty(shape=tf.TensorShape(shape).as_list(), dtype=dtype, init=False)
+  return make()
 
 
 class StackedRow:
@@ -228,7 +251,11 @@ class StepStack(tf.Module):
     with self.name_scope:
       self.stacked = [
         tf.Variable(
-          tf.stack([step[i].value() for step in rows]),
+          initial_value(
+            lambda i=i: tf.stack([step[i].value() for step in rows]),
+            [len(rows)] + first[i].shape.as_list(),
+            first[i].dtype,
+          ),
           trainable=first[i].trainable,
           name=_stacked_name([step[i].name for step in rows], scope),
         )
@@ -485,10 +512,10 @@ class Conv2D(tf.Module):
   ):
     super().__init__(name=name)
     with self.name_scope:
+      shape = [kernel_size, kernel_size, in_channels, out_channels]
       self.kernel = tf.Variable(
-        0.05
-        * tf.random.stateless_normal(
-          [kernel_size, kernel_size, in_channels, out_channels], seed=seed, dtype=dtype
+        initial_value(
+          lambda: 0.05 * tf.random.stateless_normal(shape, seed=seed, dtype=dtype), shape, dtype
         ),
         name='kernel',
       )

@@ -175,3 +175,23 @@ def test_rows_and_variables_are_read_and_assigned_together():
   got = nn.values_of([*rows, plain, steps[1].shift])
   for value, expected in zip(got, [[2.0] * 3, [0.5] * 3, True, True, [7.0, 8.0], [0.0] * 3]):
     np.testing.assert_array_equal(value, expected)
+
+
+def test_initial_values_are_made_except_for_a_state_to_be_restored():
+  made = nn.initial_value(lambda: tf.ones([2, 3]), [2, 3], tf.float32)
+  np.testing.assert_array_equal(made, np.ones([2, 3]))
+
+  def must_not_run():
+    raise AssertionError('the initial value was made for a variable to be restored')
+
+  with nn.to_be_restored():
+    placeholder = nn.initial_value(must_not_run, [2, 3], tf.float64)
+    kernel = nn.Conv2D(4, 5, 3).kernel  # Its random normals are not drawn.
+  assert placeholder.shape == [2, 3] and placeholder.dtype == tf.float64
+  assert kernel.shape == [3, 3, 4, 5]
+  with nn.to_be_restored():
+    steps, stack = nn.StepStack.build(lambda k: nn.Conv2D(4, 5, 1, seed=(k, 0)), 3)
+  assert [v.shape for v in stack.stacked] == [[3, 1, 1, 4, 5]]
+  # Outside the context, the kernels are drawn again.
+  np.testing.assert_array_equal(nn.Conv2D(4, 5, 3).kernel, nn.Conv2D(4, 5, 3).kernel)
+  assert np.abs(nn.Conv2D(4, 5, 3).kernel.numpy()).max() > 0

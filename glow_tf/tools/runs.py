@@ -103,7 +103,7 @@ def load_run(model_dir: str, checkpoint: str = 'best', averaged: bool | None = N
   # kept halves, equal to the encode's up to float32 rounding, can round to other
   # bfloat16 values (max round-trip error 8e-3 on a bfloat16-trained digits model).
   model_config = run_config.model.replace(precision='float32')
-  state = TrainState.create(model_config, config.optimizer, config.ema_decay)
+  state = TrainState.create(model_config, config.optimizer, config.ema_decay, restoring=True)
   try:
     restored = rundir.restore_newest_intact(
       directory,
@@ -112,6 +112,8 @@ def load_run(model_dir: str, checkpoint: str = 'best', averaged: bool | None = N
     )
   except ConfigError as e:
     raise RunError(str(e)) from e
+  if state.awaiting_restore:  # Its checkpoint files were removed since the check above.
+    raise RunError(f'run {model_dir!r} has no checkpoint any more (nothing in {directory}).')
   if averaged is None:
     record = state.best.to_dict()
     chose_this = record is not None and record['step'] == int(state.step.numpy())

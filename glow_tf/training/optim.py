@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from glow_tf import nn
 from glow_tf.tracing import SharedTrace
 
 __all__ = [
@@ -95,12 +96,14 @@ class Optimizer(tf.Module):
     self._group_sum_of_squares = SharedTrace(_sum_of_squares, 'group_sum_of_squares')
     with self.name_scope:
       self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name='iterations')
-      self.first_moments = [
-        tf.Variable(tf.zeros_like(v), trainable=False, name='m') for v in self._variables
-      ]
-      self.second_moments = [
-        tf.Variable(tf.zeros_like(v), trainable=False, name='v') for v in self._variables
-      ]
+      self.first_moments = [self._zeros_like(v, 'm') for v in self._variables]
+      self.second_moments = [self._zeros_like(v, 'v') for v in self._variables]
+
+  @staticmethod
+  def _zeros_like(variable, name: str) -> tf.Variable:
+    """A moment of `variable`, zero (uninitialised within `nn.to_be_restored`)."""
+    value = nn.initial_value(lambda: tf.zeros_like(variable), variable.shape, variable.dtype)
+    return tf.Variable(value, trainable=False, name=name)
 
   @property
   def trained_variables(self) -> list[tf.Variable]:

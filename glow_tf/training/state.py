@@ -1,5 +1,6 @@
 """TrainState: what a checkpoint holds, built in one place for training and for loading."""
 
+import contextlib
 import dataclasses
 
 import tensorflow as tf
@@ -170,22 +171,35 @@ class TrainState:
   best: BestRecord
 
   _recipe = None  # (model config, optimizer, EMA decay), set by `create`: not a field.
+  awaiting_restore = False  # Created to be restored, and not restored yet (see `create`).
 
   @classmethod
   def create(
-    cls, model_config: GlowConfig, optimizer: str = 'adamax', ema_decay: float = 0.999
+    cls,
+    model_config: GlowConfig,
+    optimizer: str = 'adamax',
+    ema_decay: float = 0.999,
+    restoring: bool = False,
   ) -> 'TrainState':
-    """A fresh state for `model_config` (call it inside `strategy.scope()` to distribute it)."""
-    flow = flow_lib.build_glow(model_config)
-    classifier = flow_lib.build_classifier(flow) if model_config.num_classes else None
-    variables = list(flow.trainable_variables)
-    if classifier is not None:
-      variables += list(classifier.trainable_variables)
-    groups = _step_groups(flow, variables)
+    """A fresh state for `model_config` (call it inside `strategy.scope()` to distribute it).
+
+    `restoring`: the caller restores a checkpoint into it before any other use. Its
+    large variables then start uninitialised (`nn.to_be_restored`): a resume skips
+    drawing and zeroing what the checkpoint overwrites. Until `restore` succeeds,
+    `awaiting_restore` is True.
+    """
+    with nn.to_be_restored() if restoring else contextlib.nullcontext():
+      flow = flow_lib.build_glow(model_config)
+      classifier = flow_lib.build_classifier(flow) if model_config.num_classes else None
+      variables = list(flow.trainable_variables)
+      if classifier is not None:
+        variables += list(classifier.trainable_variables)
+      groups = _step_groups(flow, variables)
+      optimizer_module = optim.Optimizer(variables, kind=optimizer, groups=groups)
     state = cls(
       flow=flow,
       classifier=classifier,
-      optimizer=optim.Optimizer(variables, kind=optimizer, groups=groups),
+      optimizer=optimizer_module,
       ema=optim.ExponentialMovingAverage(variables, ema_decay, groups=groups),
       step=tf.Variable(0, dtype=tf.int64, trainable=False, name='step'),
       nonfinite_total=tf.Variable(0, dtype=tf.int64, trainable=False, name='nonfinite'),
@@ -195,6 +209,7 @@ class TrainState:
       best=BestRecord(),
     )
     state._recipe = (model_config, optimizer, ema_decay)  # For a twin in the other layout.
+    state.awaiting_restore = restoring
     return state
 
   @property
@@ -242,13 +257,17 @@ class TrainState:
     stacked = any(_STACKS_KEY in name for name in names)
     if stacked != bool(self.flow.multiscale.step_stacks):
       model_config, optimizer, ema_decay = self._recipe
-      twin = TrainState.create(model_config.replace(stack_steps=stacked), optimizer, ema_decay)
+      twin = TrainState.create(
+        model_config.replace(stack_steps=stacked), optimizer, ema_decay, restoring=True
+      )
       twin.restore(prefix)
-      _copy_across_layouts(twin, self)
-      return
-    tops = {name.split('/')[0] for name in names}
-    checkpoint = self.checkpoint(without=tuple(p for p in OPTIONAL_PARTS if p not in tops))
-    checkpoint.restore(prefix).assert_existing_objects_matched()
+      _copy_across_layouts(twin, self)  # Every variable of the flow, the moments and averages.
+    else:
+      tops = {name.split('/')[0] for name in names}
+      checkpoint = self.checkpoint(without=tuple(p for p in OPTIONAL_PARTS if p not in tops))
+      # Raises unless every variable the checkpoint object reaches was given a value.
+      checkpoint.restore(prefix).assert_existing_objects_matched()
+    self.awaiting_restore = False
 
   def use_averages(self) -> None:
     """Puts the Polyak averages in place of the trained values (for a finished run)."""

@@ -82,8 +82,13 @@ class Trainer:
       ),
     )
     self.is_chief, self.task_id = distribute.is_chief(strategy)
+    # With checkpoint files, `restore_or_initialize` restores one or raises: the state's
+    # large variables need no initial values.
+    resuming = rundir.has_checkpoint_files(os.path.join(model_dir, rundir.CHECKPOINT_DIR))
     with strategy.scope():
-      self.state = TrainState.create(self.model_config, config.optimizer, config.ema_decay)
+      self.state = TrainState.create(
+        self.model_config, config.optimizer, config.ema_decay, restoring=resuming
+      )
     # The parts of the state the steps use, by name.
     self.flow, self.classifier = self.state.flow, self.state.classifier
     self.optimizer, self.ema = self.state.optimizer, self.state.ema
@@ -160,6 +165,12 @@ class Trainer:
       self._managers = {}  # They read the state files afresh.
       self._adopt_saved_best()
       return f'restored {restored.path} at step {int(self.step.numpy())}'
+    if self.state.awaiting_restore:
+      raise ConfigError(
+        f'{directory!r} held checkpoint files when this run was set up, and holds none now '
+        '(removed meanwhile?); the model was built to be restored and cannot be '
+        'initialised. Rerun the command.'
+      )
     init_batch = min(self.config.init_batch_size, self.source.num_train)
     x, _ = next(iter(data.train_dataset(self.source, init_batch, self.config.seed)))
     with self.strategy.scope():

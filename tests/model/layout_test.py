@@ -201,16 +201,23 @@ def held_per_step(state):
   return listed
 
 
+@pytest.mark.parametrize('restoring', [False, True], ids=['initialised', 'to_be_restored'])
 @pytest.mark.parametrize('written_stacked', [False, True], ids=['per_step', 'stacked'])
-def test_a_checkpoint_of_either_layout_restores_into_the_other(tmp_path, written_stacked):
+@pytest.mark.parametrize('read_stacked', [False, True], ids=['into_per_step', 'into_stacked'])
+def test_a_checkpoint_of_either_layout_restores_into_either(
+  tmp_path, written_stacked, read_stacked, restoring
+):
+  """Every value, into a state built with initial values or without (a resume's)."""
   config = glow_tf.GlowConfig(**{**TINY, 'num_classes': None})
   written = filled_state(config.replace(stack_steps=written_stacked))
   prefix = written.checkpoint().save(str(tmp_path / 'ckpt'))
   names = [name for name, _ in tf.train.list_variables(prefix)]
   assert any('_step_stacks' in name for name in names) == written_stacked
 
-  read = TrainState.create(config.replace(stack_steps=not written_stacked), 'adam', 0.9)
+  read = TrainState.create(config.replace(stack_steps=read_stacked), 'adam', 0.9, restoring)
+  assert read.awaiting_restore == restoring
   read.restore(prefix)
+  assert not read.awaiting_restore
   expected, got = held_per_step(written), held_per_step(read)
   for name in expected:
     assert len(got[name]) == len(expected[name]), name

@@ -17,6 +17,7 @@ from glow_tf import errors, nn
 from glow_tf.training import data, distribute, optim, rundir
 from glow_tf.training import trainer as trainer_lib
 from glow_tf.training.config import PRESETS
+from glow_tf.training.state import TrainState
 from tests import checks
 from tests.training.data_test import write_folder
 
@@ -381,9 +382,20 @@ def test_a_damaged_checkpoint_is_skipped_and_named_never_reinitialised(
   DAMAGES[damage](directory)
   intact = {k: v for k, v in contents(directory).items() if k.startswith(f'ckpt-{step}.')}
   trainer = trainer_lib.Trainer(SHORT, run, digits, tf.distribute.get_strategy())
+  assert trainer.state.awaiting_restore  # Built without initial values (checkpoints exist).
   with caplog.at_level('WARNING'):
     message = trainer.restore_or_initialize()
   assert message == f'restored {directory}/ckpt-{step} at step {step}'
+  # Every value is the intact checkpoint's, whatever a newer one's failed restore wrote
+  # (but the best record, which a newer best checkpoint may give: `_adopt_saved_best`).
+  reference = TrainState.create(trainer.model_config, SHORT.optimizer, SHORT.ema_decay)
+  reference.restore(f'{directory}/ckpt-{step}')
+  best = {v.ref() for v in trainer.state.best.variables}
+  for mine, theirs in zip(
+    trainer.state.checkpointed_variables(), reference.checkpointed_variables(), strict=True
+  ):
+    if mine.ref() not in best:
+      np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)
   assert reason in ' '.join(r.getMessage() for r in caplog.records)
   # The state file now names what was restored, and the manager saves after it.
   assert tf.train.get_checkpoint_state(directory).model_checkpoint_path.endswith(f'ckpt-{step}')
@@ -406,6 +418,15 @@ def test_checkpoints_none_of_which_restores_are_refused_and_left_alone(short_run
   ):
     trainer_lib.train_and_evaluate(SHORT.replace(train_steps=6), run)
   assert contents(run) == before
+
+
+def test_checkpoints_removed_after_set_up_are_refused_not_initialised(short_run, tmp_path, digits):
+  run = copy_run(short_run, tmp_path)
+  trainer = trainer_lib.Trainer(SHORT, run, digits, tf.distribute.get_strategy())
+  shutil.rmtree(os.path.join(run, 'checkpoints'))
+  with pytest.raises(errors.ConfigError, match=r'held checkpoint files when this run was set up'):
+    trainer.restore_or_initialize()
+  assert trainer.state.awaiting_restore
 
 
 def test_a_garbage_state_file_resumes_from_the_newest_checkpoint(short_run, tmp_path, caplog):
