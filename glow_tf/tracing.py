@@ -45,21 +45,31 @@ class ThreadFlag:
 _NOT_INLINED = {'_noinline': True}
 
 
-def _key(value):
-  """What a traced function's signature depends on, for one argument."""
+def _key(value, shapeless=False):
+  """What a traced function's signature depends on, for one argument (of a tensor, its
+  rank and dtype only when `shapeless`)."""
   if isinstance(value, (list, tuple)):
-    return tuple(_key(v) for v in value)
+    return tuple(_key(v, shapeless) for v in value)
   if isinstance(value, dict):
-    return tuple((k, _key(v)) for k, v in sorted(value.items()))
+    return tuple((k, _key(v, shapeless)) for k, v in sorted(value.items()))
   if isinstance(value, tf.Variable):
     return ('variable', tuple(value.shape.as_list()), value.dtype.name)
   if tf.is_tensor(value):
-    return (
-      'tensor',
-      tuple(value.shape.as_list()) if value.shape.rank is not None else None,
-      value.dtype.name,
-    )
+    shape = value.shape
+    if shape.rank is not None:
+      shape = (None,) * shape.rank if shapeless else tuple(shape.as_list())
+    return ('tensor', shape, value.dtype.name)
   return ('python', value)
+
+
+def _spec(value):
+  """A tensor's spec with every dimension unknown (and a resource handle's without the
+  variable's shape), so that one trace serves tensors and variables of any shape."""
+  if not tf.is_tensor(value) or isinstance(value, tf.Variable):
+    return value
+  if value.dtype == tf.resource:
+    return tf.TensorSpec([], tf.resource)
+  return tf.TensorSpec(tf.TensorShape([None] * value.shape.rank), value.dtype)
 
 
 class SharedTrace:
@@ -69,15 +79,17 @@ class SharedTrace:
   milliseconds per call when the caller is itself being traced.
   """
 
-  def __init__(self, fn: Callable, name: str | None = None):
+  def __init__(self, fn: Callable, name: str | None = None, shapeless: bool = False):
     self._function = tf.function(fn, autograph=False, experimental_attributes=_NOT_INLINED)
     self._concrete = {}
+    self._shapeless = shapeless
     self.__name__ = name or getattr(fn, '__name__', 'shared_trace')
 
   def __call__(self, *args):
-    key = _key(args)
+    key = _key(args, self._shapeless)
     if key not in self._concrete:
-      self._concrete[key] = self._function.get_concrete_function(*args)
+      traced_with = tf.nest.map_structure(_spec, args) if self._shapeless else args
+      self._concrete[key] = self._function.get_concrete_function(*traced_with)
     return self._concrete[key](*args)
 
   def tracing_count(self) -> int:

@@ -92,8 +92,10 @@ class Optimizer(tf.Module):
     self.kind, self.beta_1, self.beta_2, self.epsilon = kind, beta_1, beta_2, epsilon
     self._variables = list(variables)
     self._groups = _groups(groups, len(self._variables))
-    self._apply_group = SharedTrace(self._apply_handles, 'apply_group')
-    self._group_sum_of_squares = SharedTrace(_sum_of_squares, 'group_sum_of_squares')
+    self._apply_group = SharedTrace(self._apply_handles, 'apply_group', shapeless=True)
+    self._group_sum_of_squares = SharedTrace(
+      _sum_of_squares, 'group_sum_of_squares', shapeless=True
+    )
     with self.name_scope:
       self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name='iterations')
       self.first_moments = [self._zeros_like(v, 'm') for v in self._variables]
@@ -206,7 +208,7 @@ class ExponentialMovingAverage(tf.Module):
     self.decay = decay  # In [0, 1); TrainConfig.ema_decay checks it.
     self._variables = list(variables)
     self._groups = _groups(groups, len(self._variables))
-    self._update_group = SharedTrace(self._update_handles, 'update_group')
+    self._update_group = SharedTrace(self._update_handles, 'update_group', shapeless=True)
     with self.name_scope:
       self.averages = [tf.Variable(v, trainable=False, name='average') for v in self._variables]
 
@@ -215,8 +217,7 @@ class ExponentialMovingAverage(tf.Module):
     for average, var in zip(self.averages, self._variables):
       average.assign(var)
 
-  def _update_handles(self, averages, variables, dtype, shapes, apply_if, decay):
-    del shapes  # In the signature only: one trace per group of these shapes.
+  def _update_handles(self, averages, variables, dtype, apply_if, decay):
 
     def update():
       for average, var in zip(averages, variables):
@@ -246,7 +247,6 @@ class ExponentialMovingAverage(tf.Module):
         [self.averages[i].handle for i in group],
         [self._variables[i].handle for i in group],
         self._variables[group[0]].dtype,
-        tuple(tuple(self._variables[i].shape.as_list()) for i in group),
         apply_if,
         decay,
       )

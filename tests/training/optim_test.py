@@ -107,3 +107,30 @@ def test_an_average_not_updated_changes_nothing():
     np.testing.assert_array_equal(average.numpy(), expected)
   ema.update(apply_if=tf.constant(True))
   assert not np.array_equal(ema.averages[2].numpy(), before[2])
+
+
+@pytest.mark.parametrize('kind', optim.OPTIMIZERS)
+def test_groups_of_one_structure_share_one_trace_whatever_their_shapes(kind):
+  """A deep flow's levels: groups of the same ranks and dtypes, of other sizes. One trace
+  each of the update, the average and the norm serves them all, and each group's
+  values are its own (the written-out update, the average of its own variables)."""
+  rng = np.random.RandomState(3)
+  shapes = [(3, 2), (4,), (5, 7), (6,), (2, 9), (8,)]
+  variables = [tf.Variable(rng.randn(*s).astype('float32')) for s in shapes]
+  grads = [tf.constant(rng.randn(*s).astype('float32')) for s in shapes]
+  groups = [[0, 1], [2, 3], [4, 5]]
+  before = [v.numpy() for v in variables]
+  optimizer = optim.Optimizer(variables, kind=kind, groups=groups)
+  ema = optim.ExponentialMovingAverage(variables, decay=0.5, groups=groups)
+  np.testing.assert_allclose(
+    optimizer.global_norm(grads).numpy(), tf.linalg.global_norm(grads).numpy(), rtol=1e-6
+  )
+  optimizer.apply(grads, 0.01)
+  expected = reference_step(kind, before, [g.numpy() for g in grads], 0.01)
+  for variable, value in zip(variables, expected):
+    np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6)
+  ema.update()  # average = 0.5 * before + 0.5 * after
+  for average, old, new in zip(ema.averages, before, expected):
+    np.testing.assert_allclose(average.numpy(), 0.5 * old + 0.5 * new, rtol=1e-5, atol=1e-6)
+  for shared in (optimizer._apply_group, optimizer._group_sum_of_squares, ema._update_group):
+    assert shared.tracing_count() == 1, shared.__name__
