@@ -84,7 +84,7 @@ class Trainer:
     self.is_chief, self.task_id = distribute.is_chief(strategy)
     # With checkpoint files, `restore_or_initialize` restores one or raises: the state's
     # large variables need no initial values.
-    resuming = rundir.has_checkpoint_files(os.path.join(model_dir, rundir.CHECKPOINT_DIR))
+    resuming = rundir.has_checkpoint_files(rundir.checkpoint_dir(model_dir))
     with strategy.scope():
       self.state = TrainState.create(
         self.model_config, config.optimizer, config.ema_decay, restoring=resuming
@@ -152,7 +152,7 @@ class Trainer:
     If checkpoint files exist but none restores, raises ConfigError: a run with
     checkpoints is never re-initialised.
     """
-    directory = os.path.join(self.model_dir, rundir.CHECKPOINT_DIR)
+    directory = rundir.checkpoint_dir(self.model_dir)
     restored = rundir.restore_newest_intact(
       directory,
       self.state.restore,
