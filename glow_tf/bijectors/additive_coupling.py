@@ -4,7 +4,13 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from glow_tf.bijectors.affine_coupling import check_network_output, split_channels
+from glow_tf.bijectors.affine_coupling import (
+  check_network_output,
+  couple,
+  coupling_backward,
+  split_channels,
+  uncouple,
+)
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 
 __all__ = ['AdditiveCoupling']
@@ -66,13 +72,20 @@ class AdditiveCoupling(FlowBijector):
       f'a shift for each of the {transformed} transformed channels',
     )
 
+  def _shift_only(self, x1):
+    return self._shift(x1), None
+
   def _forward_and_log_det(self, x):
     x1, x2 = split_channels(x)
-    return tf.concat([x1, x2 + self._shift(x1)], axis=-1), tf.zeros([], x.dtype)
+    return tf.concat([x1, couple(x2, *self._shift_only(x1))], axis=-1), tf.zeros([], x.dtype)
 
   def _inverse_and_log_det(self, y):
     y1, y2 = split_channels(y)
-    return tf.concat([y1, y2 - self._shift(y1)], axis=-1), tf.zeros([], y.dtype)
+    return tf.concat([y1, uncouple(y2, *self._shift_only(y1))], axis=-1), tf.zeros([], y.dtype)
+
+  def reversible_backward(self, y, dy, d_log_det, weights):
+    """See `FlowBijector.reversible_backward`: the network runs once (`coupling_backward`)."""
+    return coupling_backward(self._shift_only, y, dy, d_log_det, weights)
 
   def _forward_event_shape(self, input_shape):
     return check_image_shape(self, input_shape, channels=self._num_channels)

@@ -6,13 +6,67 @@ import tensorflow as tf
 
 from glow_tf.bijectors.flow_bijector import FlowBijector, check_image_shape
 
-__all__ = ['AffineCoupling', 'check_network_output', 'split_channels']
+__all__ = [
+  'AffineCoupling',
+  'check_network_output',
+  'couple',
+  'coupling_backward',
+  'split_channels',
+  'uncouple',
+]
 
 
 def split_channels(x: tf.Tensor):
   """`x[..., :C//2], x[..., C//2:]`: the kept half and the transformed half."""
   channels = x.shape[-1]
   return tf.split(x, [channels // 2, channels - channels // 2], axis=-1)
+
+
+def couple(x2, shift, log_scale):
+  """A coupling's transformed half, forward: `(x2 + shift) * exp(log_scale)` (additive:
+  `log_scale` None)."""
+  return x2 + shift if log_scale is None else (x2 + shift) * tf.exp(log_scale)
+
+
+def uncouple(y2, shift, log_scale):
+  """A coupling's transformed half, inverse: `y2 * exp(-log_scale) - shift`."""
+  return y2 - shift if log_scale is None else y2 * tf.exp(-log_scale) - shift
+
+
+def coupling_backward(transform, y, dy, d_log_det, weights):
+  """The reversible backward of a coupling layer, its network run once.
+
+  `transform(x1) -> (shift, log_scale)` is the layer's (`log_scale` None: additive).
+  The layer passes its kept half through, so `x1 = y1` exactly: one forward of the
+  network on `y1`, under a tape, both rebuilds `x2` and is what the gradients flow
+  back through. (Rebuilding the input, then recomputing the output under a tape,
+  would run the network twice.)
+
+  Args:
+    transform: the layer's `x1 -> (shift, log_scale)`.
+    y: the layer's output.
+    dy: d loss / d y.
+    d_log_det: d loss / d the layer's log-det, per example.
+    weights: what to differentiate (variables, or the values standing in for them).
+
+  Returns:
+    `(x, dx, weight_grads)`: the rebuilt input, d loss / d x, and one gradient per
+    weight (None for a weight the layer does not use).
+  """
+  y1, y2 = split_channels(y)
+  dy1, dy2 = split_channels(dy)
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch([y1, *weights])
+    shift, log_scale = transform(y1)
+    x2 = tf.stop_gradient(uncouple(y2, shift, log_scale))
+    tape.watch(x2)
+    targets, seeds = [couple(x2, shift, log_scale)], [dy2]
+    if log_scale is not None:
+      targets.append(tf.reduce_sum(log_scale, axis=[-3, -2, -1]))
+      seeds.append(d_log_det)
+  dx1, dx2, *weight_grads = tape.gradient(targets, [y1, x2, *weights], output_gradients=seeds)
+  dx1 = dy1 if dx1 is None else dy1 + dx1
+  return tf.concat([y1, x2], axis=-1), tf.concat([dx1, dx2], axis=-1), weight_grads
 
 
 def check_network_output(bijector, h: tf.Tensor, expected: int, what: str) -> tf.Tensor:
@@ -124,14 +178,18 @@ class AffineCoupling(FlowBijector):
   def _forward_and_log_det(self, x):
     x1, x2 = split_channels(x)
     shift, log_scale = self._shift_and_log_scale(x1)
-    y2 = (x2 + shift) * tf.exp(log_scale)
+    y2 = couple(x2, shift, log_scale)
     return tf.concat([x1, y2], axis=-1), tf.reduce_sum(log_scale, axis=[-3, -2, -1])
 
   def _inverse_and_log_det(self, y):
     y1, y2 = split_channels(y)
     shift, log_scale = self._shift_and_log_scale(y1)
-    x2 = y2 * tf.exp(-log_scale) - shift
+    x2 = uncouple(y2, shift, log_scale)
     return tf.concat([y1, x2], axis=-1), -tf.reduce_sum(log_scale, axis=[-3, -2, -1])
+
+  def reversible_backward(self, y, dy, d_log_det, weights):
+    """See `FlowBijector.reversible_backward`: the network runs once (`coupling_backward`)."""
+    return coupling_backward(self._shift_and_log_scale, y, dy, d_log_det, weights)
 
   def _forward_event_shape(self, input_shape):
     return check_image_shape(self, input_shape, channels=self._num_channels)

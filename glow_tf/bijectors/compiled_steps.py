@@ -31,7 +31,11 @@ import weakref
 import tensorflow as tf
 
 from glow_tf import nn
-from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
+from glow_tf.bijectors.flow_bijector import (
+  forward_and_log_det,
+  inverse_and_log_det,
+  reversible_backward,
+)
 from glow_tf.tracing import SharedTrace, ThreadFlag
 
 __all__ = ['CompiledSteps', 'for_xla', 'per_layer', 'untaped']
@@ -183,24 +187,26 @@ class CompiledSteps:
   def _backward_one(self, y, dy, d_log_det, values, row=None, buffers=None, xla=False):
     """Rebuilds the step's input from `y`; returns it, its gradient and the weights' (for
     stacked steps, `buffers` with the weights' gradients written into row `row`; `xla`,
-    whether that is traced `for_xla()`, keys the trace)."""
-    x, _ = self._inverse_one(y, values)
-    x = tf.stop_gradient(x)
+    whether that is traced `for_xla()`, keys the trace). Layer by layer
+    (`reversible_backward`): a coupling's network runs once."""
+    position = {id(p): i for i, p in enumerate(self._variables)}
+
+    def weights_of(part):
+      return [values[position[id(p)]] for p in nn.parameters(part) if p.trainable]
+
+    with nn.stand_ins(self._variables, values), nn.not_initializing():
+      x, dx, pairs = reversible_backward(self._template, y, dy, d_log_det, weights_of)
     trained = [values[i] for i in self._trainable]
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-      tape.watch(x)
-      tape.watch(trained)
-      y_again, log_det = self._forward_one(x, values)
-    grads = tape.gradient(
-      [y_again, log_det],
-      [x, *trained],
-      output_gradients=[dy, d_log_det],
-      unconnected_gradients=tf.UnconnectedGradients.ZERO,
-    )
-    weights = grads[1:]
+    index = {id(value): j for j, value in enumerate(trained)}
+    weights = [None] * len(trained)
+    for value, grad in pairs:
+      if grad is not None:
+        j = index[id(value)]
+        weights[j] = grad if weights[j] is None else weights[j] + grad
+    weights = [tf.zeros_like(v) if g is None else g for v, g in zip(trained, weights)]
     if buffers is not None:
       weights = [write_row(buffer, row, g) for buffer, g in zip(buffers, weights)]
-    return x, grads[0], weights
+    return x, dx, weights
 
   def _chain(self, step_fn, t, order):
     """`step_fn` through the steps in `order`, summing their log-dets."""

@@ -17,6 +17,7 @@ __all__ = [
   'check_image_shape',
   'forward_and_log_det',
   'inverse_and_log_det',
+  'reversible_backward',
 ]
 
 
@@ -69,6 +70,18 @@ class FlowBijector(OneCallScope, tfb.Bijector):
   def inverse_and_log_det(self, y, **kwargs):
     """`(inverse(y), log|det J_inverse|)` in one pass; see `forward_and_log_det`."""
     return self._inverse_and_log_det(y, **kwargs)
+
+  def reversible_backward(self, y, dy, d_log_det, weights):
+    """Backpropagates through this layer from its output: `(x, dx, weight_grads)`.
+
+    The reversible backward's step for one layer (see `reversible_backward`, the
+    function): the input rebuilt from `y`, d loss / d x from `dy` and `d_log_det`
+    (d loss / d the layer's log-det, per example), and the gradient of each of
+    `weights` (None for one the layer does not use). This default inverts, then
+    recomputes the forward pass under a tape; a layer that can do better (a
+    coupling runs its network once) overrides it.
+    """
+    return _rebuild_and_differentiate(self, y, dy, d_log_det, weights)
 
   # The cache calls these two: one computation yields the value and its log-det.
   def _forward_with_ildj(self, x, **kwargs):
@@ -212,3 +225,62 @@ def inverse_and_log_det(bijector: tfb.Bijector, y, event_ndims: int = 3, **kwarg
     bijector.inverse(y, **kwargs),
     bijector.inverse_log_det_jacobian(y, event_ndims=event_ndims, **kwargs),
   )
+
+
+def _log_det_seed(log_det, d_log_det):
+  """d loss / d a log-det: `d_log_det` per example, or summed over the batch for a
+  log-det shared by every example (a scalar)."""
+  if log_det.shape.rank == 0:
+    return tf.reduce_sum(d_log_det)
+  return d_log_det
+
+
+def _rebuild_and_differentiate(bijector, y, dy, d_log_det, weights):
+  """`reversible_backward` of any bijector: invert, then differentiate the forward pass
+  recomputed from the rebuilt input."""
+  x, _ = inverse_and_log_det(bijector, y)
+  x = tf.stop_gradient(x)
+  with tf.GradientTape(watch_accessed_variables=False) as tape:
+    tape.watch([x, *weights])
+    y_again, log_det = forward_and_log_det(bijector, x)
+  dx, *weight_grads = tape.gradient(
+    [y_again, log_det], [x, *weights], output_gradients=[dy, _log_det_seed(log_det, d_log_det)]
+  )
+  return x, dx, weight_grads
+
+
+@tf.autograph.experimental.do_not_convert
+def reversible_backward(bijector: tfb.Bijector, y, dy, d_log_det, weights_of):
+  """Backpropagates `dy` through `bijector` from its output `y`, rebuilding its input.
+
+  No activation of the forward pass is needed: each layer's input is rebuilt from
+  its output, and only that layer's activations are held while it is
+  differentiated. A chain goes part by part, last applied first; a glow_tf layer
+  uses its `reversible_backward` (a coupling runs its network once); any other
+  bijector is inverted, then its forward pass recomputed under a tape.
+
+  Args:
+    bijector: the bijector (no kwargs are routed: conditioning is not supported).
+    y: its output.
+    dy: d loss / d y.
+    d_log_det: d loss / d its log-det, per example.
+    weights_of: `part -> [weights]`, what to differentiate of each layer reached
+      (variables, or the values standing in for them).
+
+  Returns:
+    `(x, dx, [(weight, grad), ...])`: the rebuilt input, d loss / d x, and each
+    layer's weights with their gradients (None for a weight a layer does not use;
+    a weight two layers use appears twice).
+  """
+  if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
+    pairs = []
+    for part in bijector.bijectors:  # The last applied is the first rebuilt.
+      y, dy, part_pairs = reversible_backward(part, y, dy, d_log_det, weights_of)
+      pairs += part_pairs
+    return y, dy, pairs
+  weights = weights_of(bijector)
+  if isinstance(bijector, FlowBijector):
+    x, dx, grads = bijector.reversible_backward(y, dy, d_log_det, weights)
+  else:
+    x, dx, grads = _rebuild_and_differentiate(bijector, y, dy, d_log_det, weights)
+  return x, dx, list(zip(weights, grads))

@@ -13,9 +13,16 @@ instead:
         with a tape: h_k', ldj_k = part_k(h_{k-1})          (one part's activations)
         d h_{k-1}, d w_k = grad(h_k', ldj_k; seeds d h_k, d loss / d ldj_k)
 
-Memory is then one part's activations whatever the depth, for roughly one more
-forward pass of compute. A level's flow steps go through `CompiledSteps.forward`
-and `CompiledSteps.backward` (one step traced once; stacked steps run in a
+layer by layer (`flow_bijector.reversible_backward`). A coupling layer, whose
+network holds nearly all the compute, does better than invert-then-recompute:
+it passes its kept half through unchanged, so one forward of its network on that
+half, under the tape, both rebuilds the transformed half and is differentiated
+(`affine_coupling.coupling_backward`).
+
+Memory is then one layer's activations whatever the depth, for one more forward
+pass of the networks' compute (four network passes per step, not three). A
+level's flow steps go through `CompiledSteps.forward` and
+`CompiledSteps.backward` (one step traced once; stacked steps run in a
 `tf.while_loop` over their rows), so the trace too stays flat in depth.
 The rebuilt inputs differ from the stored ones by float rounding, so the
 gradients agree with ordinary backprop to ~1e-5 relative in float32 (checked in
@@ -28,17 +35,10 @@ import tensorflow as tf
 
 from glow_tf import nn
 from glow_tf.bijectors.affine_coupling import split_channels
-from glow_tf.bijectors.flow_bijector import forward_and_log_det, inverse_and_log_det
+from glow_tf.bijectors.flow_bijector import forward_and_log_det, reversible_backward
 from glow_tf.training.loss import Loss
 
 __all__ = ['loss_and_gradients']
-
-
-def _log_det_seed(log_det, d_log_det):
-  """d loss / d a part's log-det: per example, or summed over the batch for a shared one."""
-  if log_det.shape.rank == 0:
-    return tf.reduce_sum(d_log_det)
-  return d_log_det
 
 
 def _backprop(part, y, dy, d_log_det, grads, after=()):
@@ -51,24 +51,16 @@ def _backprop(part, y, dy, d_log_det, grads, after=()):
   """
   with tf.control_dependencies([dy, *after]):
     y = tf.identity(y)
-  x, _ = inverse_and_log_det(part, y)
-  x = tf.stop_gradient(x)
-  variables = nn.trained(part)  # A step's own, or the stacked ones behind its rows.
-  with tf.GradientTape(watch_accessed_variables=False) as tape:
-    tape.watch(x)
-    tape.watch(variables)
-    y_again, log_det = forward_and_log_det(part, x)
-  results = tape.gradient(
-    [y_again, log_det],
-    [x] + variables,
-    output_gradients=[dy, _log_det_seed(log_det, d_log_det)],
-  )
-  for variable, grad in zip(variables, results[1:]):
+  # A step's own variables, or the stacked ones behind its rows.
+  x, dx, pairs = reversible_backward(part, y, dy, d_log_det, nn.trained)
+  done = []
+  for variable, grad in pairs:
     if grad is not None:
       grad = tf.convert_to_tensor(grad)  # A stacked variable's row gradient is sparse.
       key = variable.ref()
       grads[key] = grad if key not in grads else grads[key] + grad
-  return x, results[0], [g for g in results if g is not None]
+      done.append(grad)
+  return x, dx, [dx, *done]
 
 
 @tf.autograph.experimental.do_not_convert

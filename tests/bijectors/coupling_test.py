@@ -7,6 +7,7 @@ import tensorflow as tf
 from glow_tf import bijectors as gb
 from glow_tf import nn
 from glow_tf.bijectors import AdditiveCoupling, AffineCoupling, SplitPrior
+from glow_tf.bijectors.flow_bijector import forward_and_log_det, reversible_backward
 from tests import checks
 
 
@@ -121,6 +122,36 @@ def test_network_runs_once_per_call_and_no_result_outlives_its_call():
   # ... and two separate calls never see each other's results.
   separate = lambda y: (coupling.inverse(y), coupling.inverse_log_det_jacobian(y, event_ndims=3))
   assert reads(separate) == [2, 2]
+
+
+def split_prior(dtype=tf.float32):
+  return SplitPrior(4, dtype=dtype)
+
+
+@pytest.mark.parametrize('make', [affine, additive, split_prior])
+def test_the_reversible_backward_runs_the_network_once_and_equals_the_tape(make):
+  coupling = make(dtype=tf.float64)
+  checks.perturb(coupling, seed=3)  # Not the zero-initialised start: every path is non-trivial.
+  normal = lambda shape, i: tf.random.stateless_normal(shape, seed=[7, i], dtype=tf.float64)
+  x, dy, d_log_det = normal([3, 4, 4, 4], 0), normal([3, 4, 4, 4], 1), normal([3], 2)
+  weights = coupling.trainable_variables
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y, log_det = forward_and_log_det(coupling, x)
+  seed = tf.reduce_sum(d_log_det) if log_det.shape.rank == 0 else d_log_det
+  expected = tape.gradient([y, log_det], [x, *weights], output_gradients=[dy, seed])
+
+  x_again, dx, pairs = reversible_backward(coupling, y, dy, d_log_det, nn.trained)
+  np.testing.assert_allclose(x_again, x, rtol=1e-12, atol=1e-12)
+  assert [w.ref() for w, _ in pairs] == [w.ref() for w in weights]
+  for got, want in zip([dx, *(g for _, g in pairs)], expected):
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+  # One pass of the network: its weights are read once (inverting, then recomputing
+  # the forward pass under a tape, reads them twice).
+  backward = tf.function(lambda y: reversible_backward(coupling, y, dy, d_log_det, nn.trained)[1])
+  graph = backward.get_concrete_function(tf.TensorSpec([3, 4, 4, 4], tf.float64)).graph
+  assert checks.variable_reads(graph, coupling.network.trainable_variables[0]) == 1
 
 
 def _in_call_scope(fn):
