@@ -270,9 +270,12 @@ def test_image_size_not_divisible_by_2_to_the_levels(digits):
     TINY.replace(levels=4).model_config(digits)
 
 
-def test_recompute_gives_the_same_training_steps(tmp_path, digits):
-  plain = make_trainer(TINY, tmp_path / 'plain', digits)
-  recomputed = make_trainer(TINY.replace(recompute=True), tmp_path / 'recompute', digits)
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16', 'float16'])
+def test_recompute_gives_the_same_training_steps(tmp_path, digits, precision):
+  # In low precision too (float16: the gradients under its loss scale).
+  config = TINY.replace(precision=precision)
+  plain = make_trainer(config, tmp_path / 'plain', digits)
+  recomputed = make_trainer(config.replace(recompute=True), tmp_path / 'recompute', digits)
   assert_train_alike(plain, recomputed, 3, grad_rtol=1e-3, rtol=1e-3, atol=1e-5)
 
 
