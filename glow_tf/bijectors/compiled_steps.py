@@ -196,14 +196,9 @@ class CompiledSteps:
 
     with nn.stand_ins(self._variables, values), nn.not_initializing():
       x, dx, pairs = reversible_backward(self._template, y, dy, d_log_det, weights_of)
-    trained = [values[i] for i in self._trainable]
-    index = {id(value): j for j, value in enumerate(trained)}
-    weights = [None] * len(trained)
-    for value, grad in pairs:
-      if grad is not None:
-        j = index[id(value)]
-        weights[j] = grad if weights[j] is None else weights[j] + grad
-    weights = [tf.zeros_like(v) if g is None else g for v, g in zip(trained, weights)]
+    grads = {value.ref(): grad for value, grad in pairs}
+    weights = [values[i] for i in self._trainable]
+    weights = [tf.zeros_like(v) if grads.get(v.ref()) is None else grads[v.ref()] for v in weights]
     if buffers is not None:
       weights = [write_row(buffer, row, g) for buffer, g in zip(buffers, weights)]
     return x, dx, weights

@@ -249,6 +249,17 @@ def _rebuild_and_differentiate(bijector, y, dy, d_log_det, weights):
   return x, dx, weight_grads
 
 
+def _summed(pairs):
+  """`(weight, grad)` pairs with each weight once, its gradients summed (None if all are)."""
+  sums = {}
+  for weight, grad in pairs:
+    _, total = sums.get(weight.ref(), (weight, None))
+    if grad is not None:
+      total = grad if total is None else tf.convert_to_tensor(total) + tf.convert_to_tensor(grad)
+    sums[weight.ref()] = (weight, total)
+  return list(sums.values())
+
+
 @tf.autograph.experimental.do_not_convert
 def reversible_backward(bijector: tfb.Bijector, y, dy, d_log_det, weights_of):
   """Backpropagates `dy` through `bijector` from its output `y`, rebuilding its input.
@@ -269,15 +280,15 @@ def reversible_backward(bijector: tfb.Bijector, y, dy, d_log_det, weights_of):
 
   Returns:
     `(x, dx, [(weight, grad), ...])`: the rebuilt input, d loss / d x, and each
-    layer's weights with their gradients (None for a weight a layer does not use;
-    a weight two layers use appears twice).
+    weight reached, once, with its gradient (summed over the layers that use it;
+    None if none does).
   """
   if isinstance(bijector, chain_lib._Chain):  # pylint: disable=protected-access
     pairs = []
     for part in bijector.bijectors:  # The last applied is the first rebuilt.
       y, dy, part_pairs = reversible_backward(part, y, dy, d_log_det, weights_of)
       pairs += part_pairs
-    return y, dy, pairs
+    return y, dy, _summed(pairs)
   weights = weights_of(bijector)
   if isinstance(bijector, FlowBijector):
     x, dx, grads = bijector.reversible_backward(y, dy, d_log_det, weights)
